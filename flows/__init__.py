@@ -1,0 +1,1 @@
+"""Prefect flows and deployments. They orchestrate DVC stages and the MLflow registry only."""

@@ -1,0 +1,96 @@
+"""Atomic outputs, resumable work folders and content hashes, shared by every stage.
+
+A stage writes each output under a temporary name and renames it into place, so an
+interrupted stage never leaves a half-written output that looks whole.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+CHUNK = 1 << 20
+
+
+def file_digest(path: Path, algorithm: str = "md5") -> str:
+    h = hashlib.new(algorithm)
+    with open(path, "rb") as f:
+        while block := f.read(CHUNK):
+            h.update(block)
+    return h.hexdigest()
+
+
+def stable_hash(obj: Any, length: int = 16) -> str:
+    """A short hash of any JSON-serialisable value, independent of dict order."""
+    text = json.dumps(obj, sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:length]
+
+
+def _tmp_name(dest: Path) -> Path:
+    return dest.with_name(f".{dest.name}.tmp-{uuid.uuid4().hex[:8]}")
+
+
+@contextlib.contextmanager
+def atomic_path(dest: Path) -> Iterator[Path]:
+    """Yield a temporary file path beside `dest`; on success it replaces `dest` at once."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp_name(dest)
+    try:
+        yield tmp
+        os.replace(tmp, dest)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+@contextlib.contextmanager
+def atomic_dir(dest: Path) -> Iterator[Path]:
+    """Yield a temporary folder beside `dest`; on success it replaces the folder `dest`."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp_name(dest)
+    tmp.mkdir()
+    try:
+        yield tmp
+        old = None
+        if dest.exists():
+            old = _tmp_name(dest)
+            os.replace(dest, old)
+        os.replace(tmp, dest)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def write_json(path: Path, data: Any) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def read_json(path: Path) -> Any:
+    return json.loads(path.read_text())
+
+
+def work_dir(work_root: Path, stage: str, key: Any) -> Path:
+    """`.lakhflow/work/<stage>/<hash of key>`: resumable state for one set of inputs and params.
+
+    Folders of the same stage for other keys are stale (other inputs or params) and removed,
+    so the work area does not grow without bound.
+    """
+    base = work_root / stage
+    digest = stable_hash(key)
+    path = base / digest
+    if base.exists():
+        for other in base.iterdir():
+            if other.name != digest and other.is_dir():
+                shutil.rmtree(other, ignore_errors=True)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
