@@ -73,9 +73,7 @@ class Sequences(Section):
     seq_length: int = Field(32, ge=2)
     stride: int = Field(1, ge=1)
     chunk_notes: int = Field(512, ge=3)
-    split: dict[str, float] = Field(
-        default_factory=lambda: {"train": 0.8, "val": 0.1, "test": 0.1}
-    )
+    split: dict[str, float] = Field(default_factory=lambda: {"train": 0.8, "val": 0.1, "test": 0.1})
     split_by: Literal["tune", "group", "file"] = "tune"
     seed: int = 42
     shard_mb: float = Field(64.0, gt=0)
@@ -309,7 +307,8 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     try:
         value = yaml.safe_load(raw) if raw.strip() else None
     except yaml.YAMLError as exc:
-        raise ParamsError(f"{key}: value {raw!r} is not valid YAML ({exc.__class__.__name__})") from None
+        msg = f"{key}: value {raw!r} is not valid YAML ({exc.__class__.__name__})"
+        raise ParamsError(msg) from None
     return parts, value
 
 

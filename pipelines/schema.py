@@ -44,5 +44,10 @@ SPLIT_NAMES = ("train", "val", "test")
 
 # One tf.train.Example per track chunk: the per-note features, and the chunk's identity.
 CHUNK_NOTE_FEATURES = {"pitch": "int64", "step": "float", "duration": "float", "velocity": "int64"}
-CHUNK_CONTEXT_FEATURES = {"program": "int64", "file_id": "bytes", "track": "int64", "offset": "int64"}
+CHUNK_CONTEXT_FEATURES = {
+    "program": "int64",
+    "file_id": "bytes",
+    "track": "int64",
+    "offset": "int64",
+}
 HEADS = ("pitch", "step", "duration", "velocity")

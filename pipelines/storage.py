@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import os
 import shutil
 import uuid
 from collections.abc import Iterator
@@ -44,7 +43,7 @@ def atomic_path(dest: Path) -> Iterator[Path]:
     tmp = _tmp_name(dest)
     try:
         yield tmp
-        os.replace(tmp, dest)
+        tmp.replace(dest)
     finally:
         if tmp.exists():
             tmp.unlink()
@@ -61,8 +60,8 @@ def atomic_dir(dest: Path) -> Iterator[Path]:
         old = None
         if dest.exists():
             old = _tmp_name(dest)
-            os.replace(dest, old)
-        os.replace(tmp, dest)
+            dest.replace(old)
+        tmp.replace(dest)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
     finally:

@@ -1,0 +1,90 @@
+"""Safe, streaming reads of a MIDI collection: a `.tar.gz` archive or a folder.
+
+Members are read one at a time from the compressed stream (Lakh is never extracted). Members
+with absolute paths, `..`, links or devices are never followed; one over the size cap is refused.
+"""
+
+from __future__ import annotations
+
+import tarfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+from pipelines.errors import LakhflowError
+
+MIDI_SUFFIXES = (".mid", ".midi", ".kar")
+
+
+class UnsafeMember(LakhflowError):
+    """An archive member that must not be read: its name says which and why."""
+
+
+@dataclass(frozen=True)
+class Member:
+    name: str  # path inside the source, POSIX separators
+    data: bytes
+
+    @property
+    def group(self) -> str:
+        """The folder holding the member (a composer, an artist, a Lakh MSD track id), or ""."""
+        parts = PurePosixPath(self.name).parts
+        return parts[-2] if len(parts) >= 2 else ""
+
+
+def check_name(name: str) -> None:
+    path = PurePosixPath(name)
+    if path.is_absolute() or name.startswith(("/", "\\")) or ".." in path.parts:
+        raise UnsafeMember(f"archive member {name!r} has an unsafe path (absolute or '..')")
+
+
+def check_member(info: tarfile.TarInfo, max_bytes: int) -> bool:
+    """True for a regular file to read; False for folders; raises for anything unsafe."""
+    check_name(info.name)
+    if info.isdir():
+        return False
+    if info.issym() or info.islnk():
+        raise UnsafeMember(f"archive member {info.name!r} is a link; links are never followed")
+    if not info.isfile():
+        raise UnsafeMember(f"archive member {info.name!r} is a device or special file")
+    if info.size > max_bytes:
+        raise UnsafeMember(
+            f"archive member {info.name!r} is {info.size / 1e6:.1f} MB, over the cap of "
+            f"{max_bytes / 1e6:.0f} MB (download.max_member_mb)"
+        )
+    return True
+
+
+def is_midi(name: str) -> bool:
+    return name.lower().endswith(MIDI_SUFFIXES)
+
+
+def iter_members(
+    source: Path, max_bytes: int, *, suffixes: tuple[str, ...] = MIDI_SUFFIXES
+) -> Iterator[Member]:
+    """Yield each file member whose name ends in one of `suffixes`, in stored order.
+
+    Raises `UnsafeMember` on the first unsafe member, and `LakhflowError` for a source that is
+    not a readable archive or folder.
+    """
+    if source.is_dir():
+        for path in sorted(source.rglob("*")):
+            if path.is_file() and not path.is_symlink() and path.name.lower().endswith(suffixes):
+                if path.stat().st_size > max_bytes:
+                    raise UnsafeMember(f"{path.relative_to(source)} is over the size cap")
+                yield Member(path.relative_to(source).as_posix(), path.read_bytes())
+        return
+    try:
+        # "r|*" streams: members are read in order, without random access or extraction.
+        with tarfile.open(source, mode="r|*") as tar:
+            for info in tar:
+                if not check_member(info, max_bytes):
+                    continue
+                if not info.name.lower().endswith(suffixes):
+                    continue
+                handle = tar.extractfile(info)
+                if handle is None:
+                    continue
+                yield Member(info.name.removeprefix("./"), handle.read())
+    except (tarfile.TarError, EOFError, OSError) as exc:
+        raise LakhflowError(f"{source} is not a readable .tar.gz archive ({exc})") from None
