@@ -123,6 +123,7 @@ class Train(Section):
 
 class Generate(Section):
     model_uri: str | None = Field(None, description="None: data/model/; or models:/NAME@ALIAS")
+    output: str | None = Field(None, description="None: data/generated/; scheduled batches: batches/")
     count: int = Field(8, ge=1)
     notes: int = Field(128, ge=1)
     seconds: float | None = Field(None, gt=0)
