@@ -12,7 +12,17 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-PROJECT_FILES = ["params.yaml", "dvc.yaml", ".dvcignore", ".gitignore", "presets", ".dvc/config"]
+# What a project needs for `dvc repro`: params, stages, DVC's config, and the stages' code deps.
+PROJECT_FILES = [
+    "params.yaml",
+    "dvc.yaml",
+    ".dvcignore",
+    ".gitignore",
+    "presets",
+    ".dvc/config",
+    ".dvc/.gitignore",
+    "pipelines",
+]
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
@@ -36,7 +46,8 @@ def make_project(dest: Path, params: dict | None = None) -> Path:
     for name in PROJECT_FILES:
         src = REPO / name
         if src.is_dir():
-            shutil.copytree(src, dest / name, dirs_exist_ok=True)
+            ignore = shutil.ignore_patterns("__pycache__")
+            shutil.copytree(src, dest / name, dirs_exist_ok=True, ignore=ignore)
         elif src.exists():
             (dest / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, dest / name)
@@ -86,3 +97,165 @@ def mlflow_uri(tmp_path: Path, mlflow_template: Path, monkeypatch: pytest.Monkey
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     mlflow.set_tracking_uri(uri)
     return uri
+
+
+# ---- note tables made from MIDI, for the sequences stage and its readers (sequences helper)
+
+
+def midi_note_rows(path: Path) -> dict[str, list]:
+    """A MIDI file's notes as NOTES-schema columns (pretty_midi), sorted as parse sorts them."""
+    import hashlib
+
+    import pretty_midi
+
+    file_id = hashlib.md5(path.read_bytes()).hexdigest()
+    midi = pretty_midi.PrettyMIDI(str(path))
+    rows = []
+    for track, inst in enumerate(midi.instruments):
+        for n in inst.notes:
+            beats = [midi.time_to_tick(t) / midi.resolution for t in (n.start, n.end)]
+            rows.append((file_id, track, inst.program, inst.is_drum, n.pitch, n.velocity,
+                         n.start, n.end, *beats))  # fmt: skip
+    rows.sort(key=lambda r: (r[1], r[6], r[4]))
+    names = ["file_id", "track", "program", "is_drum", "pitch", "velocity", "start", "end",
+             "start_beat", "end_beat"]  # fmt: skip
+    return {name: [r[i] for r in rows] for i, name in enumerate(names)}
+
+
+def write_note_tables(
+    notes_dir: Path,
+    midis: list[tuple[Path, str]],
+    extra_files: list[dict] | None = None,
+    part_rows: int = 3000,
+) -> dict[str, str]:
+    """data/notes/ for MIDI files (path, group): notes-*.parquet parts (a file may span two parts,
+    as a streaming writer leaves them) and files.parquet; returns {path name: file_id}."""
+    import hashlib
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from pipelines import schema
+
+    notes_dir.mkdir(parents=True, exist_ok=True)
+    tables, files, ids = [], [], {}
+    for path, group in midis:
+        cols = midi_note_rows(path)
+        file_id = hashlib.md5(path.read_bytes()).hexdigest()
+        ids[path.name] = file_id
+        if file_id in {f["file_id"] for f in files}:
+            status = "duplicate"
+        else:
+            status = "ok"
+            tables.append(pa.table(cols, schema=schema.NOTES))
+        files.append({"file_id": file_id, "path": f"{group}/{path.name}",
+                      "size": path.stat().st_size, "status": status, "error_type": None,
+                      "error": None, "n_notes": len(cols["pitch"]),
+                      "n_tracks": len(set(cols["track"])),
+                      "duration_s": max(cols["end"], default=0.0), "group": group})  # fmt: skip
+    files.extend(extra_files or [])
+    notes = pa.concat_tables(tables).sort_by([(c, "ascending") for c in schema.NOTES_SORT])
+    for i, lo in enumerate(range(0, notes.num_rows, part_rows)):
+        pq.write_table(notes.slice(lo, part_rows), notes_dir / f"notes-{i:05d}.parquet")
+    pq.write_table(pa.Table.from_pylist(files, schema=schema.FILES), notes_dir / "files.parquet")
+    return ids
+
+
+def bach_midi(dest: Path, works: list[str]) -> list[Path]:
+    """music21 corpus works written as MIDI files."""
+    from music21 import corpus
+
+    dest.mkdir(parents=True, exist_ok=True)
+    out = []
+    for work in works:
+        path = dest / f"{work.replace('/', '_')}.mid"
+        if not path.exists():
+            corpus.parse(work).write("midi", fp=str(path))
+        out.append(path)
+    return out
+
+
+CHORALES = ["bach/bwv66.6", "bach/bwv1.6", "bach/bwv10.7", "bach/bwv101.7", "bach/bwv102.7",
+            "bach/bwv103.6", "bach/bwv104.6", "bach/bwv108.6", "bach/bwv11.6", "bach/bwv110.7",
+            "bach/bwv111.6", "bach/bwv112.5"]  # fmt: skip
+
+
+def _edited(src: Path, dest: Path, edit) -> Path:
+    import pretty_midi
+
+    midi = pretty_midi.PrettyMIDI(str(src))
+    edit(midi)
+    midi.write(str(dest))
+    return dest
+
+
+def _reharmonised(midi) -> None:
+    """Another version of the tune: other lower voices, in another key."""
+    for voice, inst in enumerate(midi.instruments):
+        for i, note in enumerate(inst.notes):
+            note.pitch += 3 - (0 if voice == 0 else 1 + (i + voice) % 3)
+
+
+def _multi_program(path: Path) -> Path:
+    """Piano with the extreme pitches 0 and 127, strings, drums, and a too-short flute."""
+    import numpy as np
+    import pretty_midi
+
+    rng = np.random.default_rng(7)
+    midi = pretty_midi.PrettyMIDI(initial_tempo=100)
+    tracks = [(0, False, 300, (0, 128)), (48, False, 120, (48, 72)),
+              (0, True, 100, (35, 50)), (73, False, 10, (70, 80))]  # fmt: skip
+    for program, drum, count, pitches in tracks:
+        inst = pretty_midi.Instrument(program=program, is_drum=drum)
+        t = 0.0
+        for k in range(count):
+            pitch = int(rng.integers(*pitches)) if k % 50 else (0 if k % 100 else 127)
+            t += float(rng.choice([0.0, 0.15, 0.3, 0.6])) if k else 0.0
+            inst.notes.append(pretty_midi.Note(int(rng.integers(30, 120)), pitch, t, t + 0.25))
+        midi.instruments.append(inst)
+    midi.write(str(path))
+    return path
+
+
+@pytest.fixture(scope="session")
+def note_corpus(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """MIDI for the sequences tests: music21 chorales, one re-saved (same notes, other bytes),
+    one re-harmonised in another key (same tune), a byte duplicate, and a multi-program file."""
+    root = tmp_path_factory.mktemp("midi")
+    chorales = bach_midi(root / "bach", CHORALES)
+    resaved = _edited(chorales[0], root / "resaved.mid", lambda m: None)
+    reharmonised = _edited(chorales[0], root / "reharmonised.mid", _reharmonised)
+    duplicate = root / "duplicate.mid"
+    duplicate.write_bytes(chorales[1].read_bytes())
+    multi = _multi_program(root / "multi.mid")
+    midis = [(p, "bach") for p in chorales]
+    midis += [(resaved, "bach"), (reharmonised, "other"), (duplicate, "bach"), (multi, "synth")]
+    return {"midis": midis, "chorales": chorales, "resaved": resaved,
+            "reharmonised": reharmonised, "multi": multi}  # fmt: skip
+
+
+SEQUENCES_TEST_PARAMS = {"seq_length": 16, "chunk_notes": 40, "min_notes": 20, "shard_mb": 0.004,
+                         "seed": 23}  # fmt: skip
+
+
+def notes_project(dest: Path, note_corpus: dict, **sequences) -> Path:
+    """A project with data/notes/ made from the corpus, and sequences params for small tests."""
+    project = make_project(dest, {"sequences": {**SEQUENCES_TEST_PARAMS, **sequences}})
+    extra = [{"file_id": "0" * 32, "path": "bach/empty.mid", "size": 14, "status": "empty",
+              "error_type": None, "error": None, "n_notes": 0, "n_tracks": 0, "duration_s": 0.0,
+              "group": "bach"},
+             {"file_id": "f" * 32, "path": "bach/broken.mid", "size": 9, "status": "quarantined",
+              "error_type": "OSError", "error": "MThd not found", "n_notes": 0, "n_tracks": 0,
+              "duration_s": 0.0, "group": "bach"}]  # fmt: skip
+    write_note_tables(project / "data" / "notes", note_corpus["midis"], extra)
+    return project
+
+
+@pytest.fixture(scope="session")
+def shards_project(tmp_path_factory: pytest.TempPathFactory, note_corpus: dict) -> Path:
+    """A project whose sequences stage has run once (small windows, several chunks and shards)."""
+    from pipelines import config, sequences
+
+    project = notes_project(tmp_path_factory.mktemp("shards") / "project", note_corpus)
+    sequences.run(config.load(project))
+    return project

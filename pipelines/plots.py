@@ -1,0 +1,102 @@
+"""Pictures shared by the stages: piano rolls, histograms and bar charts, saved as PNG.
+
+Every function takes plain numpy arrays or counts and a path, so the parse, generate and
+evaluate stages draw the same way. Matplotlib runs headless (Agg).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.collections import PatchCollection
+from matplotlib.patches import Rectangle
+
+DPI = 110
+
+
+def _save(fig: plt.Figure, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=DPI)
+    plt.close(fig)
+    return path
+
+
+def piano_roll(
+    pitch: np.ndarray,
+    start: np.ndarray,
+    end: np.ndarray,
+    path: Path,
+    title: str,
+    velocity: np.ndarray | None = None,
+) -> Path:
+    """Notes as bars (time across, pitch up); darker bars are louder when velocity is given."""
+    pitch = np.asarray(pitch, dtype=np.float64)
+    start = np.asarray(start, dtype=np.float64)
+    end = np.asarray(end, dtype=np.float64)
+    fig, ax = plt.subplots(figsize=(10, 4))
+    if len(pitch):
+        # Zero-length notes still get a sliver so they show.
+        width = np.maximum(end - start, (end.max() - start.min()) * 1e-3 + 1e-9)
+        bars = [
+            Rectangle((s, p - 0.4), w, 0.8) for s, p, w in zip(start, pitch, width, strict=True)
+        ]
+        shade = (
+            np.asarray(velocity, dtype=np.float64) / 127.0
+            if velocity is not None
+            else np.full(len(pitch), 0.8)
+        )
+        collection = PatchCollection(bars, cmap="Blues", edgecolor="none")
+        collection.set_array(0.25 + 0.75 * shade)
+        collection.set_clim(0.0, 1.0)
+        ax.add_collection(collection)
+        ax.set_xlim(start.min(), max(end.max(), start.min() + 1e-6))
+        ax.set_ylim(pitch.min() - 2, pitch.max() + 2)
+    ax.set_xlabel("time")
+    ax.set_ylabel("pitch (MIDI)")
+    ax.set_title(title)
+    return _save(fig, path)
+
+
+def histogram(
+    counts: Sequence[float] | np.ndarray,
+    edges: Sequence[float] | np.ndarray,
+    path: Path,
+    title: str,
+    xlabel: str,
+    *,
+    log_x: bool = False,
+) -> Path:
+    """A histogram already counted: `counts[i]` values fell in [edges[i], edges[i+1])."""
+    counts = np.asarray(counts, dtype=np.float64)
+    edges = np.asarray(edges, dtype=np.float64)
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.bar(edges[:-1], counts, width=np.diff(edges), align="edge", color="#4477aa")
+    if log_x:
+        # linear from 0 to the first positive edge, so a bin starting at 0 still shows
+        ax.set_xscale("symlog", linthresh=float(edges[edges > 0].min()))
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("notes")
+    ax.set_title(title)
+    return _save(fig, path)
+
+
+def bar_counts(
+    counts: Mapping[str, float], path: Path, title: str, xlabel: str = "notes", top: int = 20
+) -> Path:
+    """Horizontal bars of the `top` largest counts, largest first, with their names."""
+    items = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:top]
+    fig, ax = plt.subplots(figsize=(8, 0.3 * max(len(items), 3) + 1.2))
+    names = [name for name, _ in items][::-1]
+    values = [value for _, value in items][::-1]
+    ax.barh(names, values, color="#4477aa")
+    ax.set_xlabel(xlabel)
+    ax.set_title(title)
+    return _save(fig, path)

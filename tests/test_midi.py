@@ -1,0 +1,192 @@
+"""MIDI bytes -> notes: the FIFO pairing policy, tracks, tempo and the traps, for both parsers."""
+
+from __future__ import annotations
+
+import io
+import random
+
+import mido
+import numpy as np
+import pytest
+
+from pipelines import midi
+
+PARSERS = ["symusic", "pretty_midi"]
+
+
+def make_midi(tracks: list[list[tuple[int, mido.Message | mido.MetaMessage]]], tpb: int = 480):
+    """A type-1 MIDI file from (absolute tick, message) lists, one per track, kept in order."""
+    file = mido.MidiFile(ticks_per_beat=tpb)
+    for events in tracks:
+        track = mido.MidiTrack()
+        last = 0
+        for tick, message in sorted(events, key=lambda e: e[0]):  # stable: same-tick order kept
+            track.append(message.copy(time=tick - last))
+            last = tick
+        file.tracks.append(track)
+    buffer = io.BytesIO()
+    file.save(file=buffer)
+    return buffer.getvalue()
+
+
+def on(tick: int, pitch: int, velocity: int = 64, channel: int = 0):
+    return (tick, mido.Message("note_on", note=pitch, velocity=velocity, channel=channel))
+
+
+def off(tick: int, pitch: int, channel: int = 0):
+    return (tick, mido.Message("note_off", note=pitch, velocity=0, channel=channel))
+
+
+def program(tick: int, number: int, channel: int = 0):
+    return (tick, mido.Message("program_change", program=number, channel=channel))
+
+
+def tempo(tick: int, bpm: float | None = None, mspq: int | None = None):
+    value = mspq if mspq is not None else mido.bpm2tempo(bpm)
+    return (tick, mido.MetaMessage("set_tempo", tempo=value))
+
+
+def notes_of(data: bytes, parser: str) -> list[tuple]:
+    """(track, start_beat, end_beat, pitch, velocity) per note, at tpb 480 -> beats exact."""
+    c = midi.parse_midi(data, parser).columns
+    return [
+        (int(t), float(s), float(e), int(p), int(v))
+        for t, s, e, p, v in zip(
+            c["track"], c["start_beat"], c["end_beat"], c["pitch"], c["velocity"], strict=True
+        )
+    ]
+
+
+def beats(ticks: int) -> float:
+    return float(np.float32(ticks / 480))  # the table stores float32
+
+
+@pytest.mark.parametrize("parser", PARSERS)
+def test_overlapping_note_ons_pair_first_in_first_out(parser: str) -> None:
+    data = make_midi(
+        [[on(0, 60, 10), on(100, 60, 20), on(150, 60, 30), off(200, 60), off(300, 60)]]
+    )
+    # The first off ends the earliest open note; the third note is never ended: dropped.
+    assert notes_of(data, parser) == [
+        (0, 0.0, beats(200), 60, 10),
+        (0, beats(100), beats(300), 60, 20),
+    ]
+
+
+@pytest.mark.parametrize("parser", PARSERS)
+def test_note_on_and_off_on_the_same_tick(parser: str) -> None:
+    zero_length = make_midi([[on(0, 60, 10), off(0, 60), on(100, 62, 20), off(200, 62)]])
+    assert notes_of(zero_length, parser) == [
+        (0, 0.0, 0.0, 60, 10),  # kept, zero length
+        (0, beats(100), beats(200), 62, 20),
+    ]
+    # A retrigger: the off at tick 100 ends the note from tick 0, not the one starting at 100.
+    retrigger = make_midi([[on(0, 60, 10), off(100, 60), on(100, 60, 20), off(200, 60)]])
+    on_first = make_midi([[on(0, 60, 10), on(100, 60, 20), off(100, 60), off(200, 60)]])
+    expected = [(0, 0.0, beats(100), 60, 10), (0, beats(100), beats(200), 60, 20)]
+    assert notes_of(retrigger, parser) == expected
+    assert notes_of(on_first, parser) == expected
+    # Two notes on one tick and an off on that tick: FIFO ends the first one there.
+    same_tick = make_midi([[on(0, 60, 10), on(0, 60, 20), off(0, 60), off(100, 60)]])
+    assert notes_of(same_tick, parser) == [(0, 0.0, 0.0, 60, 10), (0, 0.0, beats(100), 60, 20)]
+
+
+@pytest.mark.parametrize("parser", PARSERS)
+def test_note_off_sent_as_note_on_with_velocity_zero(parser: str) -> None:
+    data = make_midi([[on(0, 62, 30), on(0, 64, 40), on(240, 62, 0), on(480, 64, 0), off(500, 64)]])
+    # The spurious off at 500 (nothing open) is ignored.
+    assert notes_of(data, parser) == [
+        (0, 0.0, beats(240), 62, 30),
+        (0, 0.0, beats(480), 64, 40),
+    ]
+
+
+@pytest.mark.parametrize("parser", PARSERS)
+def test_tracks_split_by_channel_and_program_at_note_on(parser: str) -> None:
+    data = make_midi(
+        [
+            [tempo(0, bpm=120)],
+            [
+                program(0, 40, channel=3), on(0, 60, channel=3), off(10, 60, channel=3),
+                program(0, 7), on(0, 50), program(5, 5), off(10, 50), on(20, 51), off(30, 51),
+                on(0, 36, channel=9), off(10, 36, channel=9),
+                on(0, 70, channel=4),  # never ended: its (channel, program) has no notes
+            ],
+            [on(0, 80, channel=1), off(10, 80, channel=1)],
+        ]
+    )  # fmt: skip
+    parsed = midi.parse_midi(data, parser)
+    c = parsed.columns
+    # MIDI track order, then channel, then program; the note 50 keeps program 7 (its note-on).
+    assert parsed.n_tracks == 5
+    assert c["track"].tolist() == [0, 1, 2, 3, 4]
+    assert c["pitch"].tolist() == [51, 50, 60, 36, 80]
+    assert c["program"].tolist() == [5, 7, 40, 0, 0]
+    assert c["is_drum"].tolist() == [False, False, False, True, False]
+
+
+@pytest.mark.parametrize("parser", PARSERS)
+def test_seconds_follow_tempo_changes_in_any_track(parser: str) -> None:
+    data = make_midi(
+        [
+            [tempo(0, bpm=100), tempo(480, bpm=60), tempo(1440, mspq=0)],  # zero tempo: ignored
+            [tempo(960, bpm=200), on(0, 60), off(480, 60), on(960, 61), off(1440, 61)],
+        ]
+    )
+    parsed = midi.parse_midi(data, parser)
+    c = parsed.columns
+    np.testing.assert_allclose(c["start"], [0.0, 0.6 + 1.0], rtol=1e-6)
+    np.testing.assert_allclose(c["end"], [0.6, 1.6 + 0.3], rtol=1e-6)
+    np.testing.assert_allclose(c["start_beat"], [0.0, 2.0])
+    np.testing.assert_allclose(c["end_beat"], [1.0, 3.0])
+    assert parsed.duration_s == pytest.approx(1.9, rel=1e-6)
+    for name, dtype in midi.COLUMN_DTYPES.items():
+        assert c[name].dtype == dtype
+
+
+@pytest.mark.parametrize("parser", PARSERS)
+def test_corrupt_files_raise(parser: str) -> None:
+    huge = make_midi([[on(0, 60), off(20_000_000, 60)]])
+    with pytest.raises(ValueError, match="largest tick"):
+        midi.parse_midi(huge, parser)
+    for broken in (b"", b"MThx" + huge[4:], bytes(range(256)), huge[:20]):
+        with pytest.raises(Exception):  # noqa: B017 (each parser raises its own types)
+            midi.parse_midi(broken, parser)
+
+
+def random_midi(rng: random.Random) -> bytes:
+    tracks = []
+    for _ in range(rng.randint(1, 4)):
+        events = []
+        for _ in range(rng.randint(0, 60)):
+            tick, channel, pitch = rng.randint(0, 2000), rng.choice([0, 1, 9]), rng.choice([60, 62])
+            r = rng.random()
+            if r < 0.4:
+                events.append(on(tick, pitch, rng.randint(1, 127), channel))
+            elif r < 0.6:
+                events.append(off(tick, pitch, channel))
+            elif r < 0.8:
+                events.append(on(tick, pitch, 0, channel))
+            elif r < 0.9:
+                events.append(program(tick, rng.randint(0, 3), channel))
+            else:
+                events.append(tempo(tick, mspq=rng.choice([0, 12, 300_000, 500_000, 1_000_000])))
+        tracks.append(events)
+    return make_midi(tracks, tpb=rng.choice([96, 220, 480]))
+
+
+def test_both_parsers_agree_on_random_overlapping_files() -> None:
+    rng = random.Random(7)
+    for _ in range(150):
+        data = random_midi(rng)
+        a, b = (midi.parse_midi(data, parser) for parser in PARSERS)
+        assert (a.n_tracks, a.duration_s) == (b.n_tracks, b.duration_s)
+        for name in midi.NOTE_COLUMNS:
+            np.testing.assert_array_equal(a.columns[name], b.columns[name], err_msg=name)
+
+
+def test_tempo_map_policy() -> None:
+    ticks, mspq = midi.tempo_map([(0, 600_000), (0, 1_000_000), (10, 0), (20, 12), (30, 400_000)])
+    assert ticks.tolist() == [0, 30]
+    assert mspq.tolist() == [1_000_000, 400_000]
+    assert midi.tempo_map([])[1].tolist() == [midi.DEFAULT_MSPQ]
