@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import ErrorDetails
 
 from pipelines.errors import ParamsError
 
@@ -41,6 +42,13 @@ class Download(Section):
     retries: int = Field(5, ge=0, le=50)
     timeout_s: float = Field(30.0, gt=0)
     workers: int = Field(0, ge=0, description="processes converting scores to MIDI (0: cores)")
+
+    @field_validator("md5", "sha256", mode="before")
+    @classmethod
+    def _hex_text(cls, v: Any) -> Any:
+        if isinstance(v, int | float) and not isinstance(v, bool):
+            raise ValueError("YAML read this checksum as a number: write it in quotes")
+        return v
 
     @model_validator(mode="after")
     def _needs(self) -> Download:
@@ -91,6 +99,17 @@ class Sequences(Section):
             raise ValueError(f"ratios must be >= 0 and sum to 1 (they sum to {sum(v.values()):g})")
         return v
 
+    @field_validator("programs")
+    @classmethod
+    def _programs(cls, v: list[int | str]) -> list[int | str]:
+        from pipelines.instruments import select_programs
+
+        try:
+            select_programs(v)
+        except ParamsError as exc:
+            raise ValueError(str(exc)) from None
+        return v
+
     @model_validator(mode="after")
     def _chunk(self) -> Sequences:
         if self.chunk_notes <= self.seq_length:
@@ -113,6 +132,7 @@ class Train(Section):
     epochs: int = Field(5, ge=1)
     patience: int = Field(2, ge=0)
     steps_per_epoch: int = Field(0, ge=0, description="0: the whole train split")
+    validation_steps: int = Field(0, ge=0, description="0: the whole val split")
     loss_weights: dict[str, float] = Field(
         default_factory=lambda: {"pitch": 1.0, "step": 1.0, "duration": 1.0, "velocity": 0.5}
     )
@@ -120,10 +140,23 @@ class Train(Section):
     mixed_precision: Literal["auto", "on", "off"] = "auto"
     model_name: str = Field("lakhflow-lstm", min_length=1)
 
+    @field_validator("loss_weights")
+    @classmethod
+    def _loss_weights(cls, v: dict[str, float]) -> dict[str, float]:
+        unknown = set(v) - {"pitch", "step", "duration", "velocity"}
+        if unknown:
+            heads = "pitch, step, duration, velocity"
+            raise ValueError(f"unknown heads {sorted(unknown)}; heads are {heads}")
+        if any(w < 0 for w in v.values()):
+            raise ValueError("loss weights must be >= 0")
+        return v
+
 
 class Generate(Section):
     model_uri: str | None = Field(None, description="None: data/model/; or models:/NAME@ALIAS")
-    output: str | None = Field(None, description="None: data/generated/; scheduled batches: batches/")
+    output: str | None = Field(
+        None, description="None: data/generated/; scheduled batches: batches/<date-time>/"
+    )
     count: int = Field(8, ge=1)
     notes: int = Field(128, ge=1)
     seconds: float | None = Field(None, gt=0)
@@ -326,7 +359,7 @@ def apply_overrides(tree: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return tree
 
 
-def _describe(error: dict[str, Any], model: type[BaseModel]) -> str:
+def _describe(error: ErrorDetails, model: type[BaseModel]) -> str:
     loc = [str(p) for p in error["loc"]]
     key = ".".join(loc)
     kind = error["type"]

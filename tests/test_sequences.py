@@ -1,0 +1,336 @@
+"""The sequences stage: track selection, leak-free splits, chunks, bins, byte-identical shards."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import SEQUENCES_TEST_PARAMS, make_project, run_cli
+
+from pipelines import config, dataset, instruments, sequences
+from pipelines.errors import LakhflowError, ParamsError
+
+T = SEQUENCES_TEST_PARAMS["seq_length"]
+
+
+def file_id_of(path: Path) -> str:
+    import hashlib
+
+    return hashlib.md5(path.read_bytes()).hexdigest()
+
+
+def splits_table(project: Path) -> pd.DataFrame:
+    return pd.read_parquet(project / "data" / "shards" / "splits.parquet")
+
+
+def manifest_of(project: Path) -> dict:
+    return json.loads((project / "data" / "shards" / "manifest.json").read_text())
+
+
+def expected_tracks(project: Path, time_unit: str = "beats") -> dict[tuple[str, int], dict]:
+    """The selected tracks' features, computed here from the note tables, independently."""
+    notes = pd.concat(
+        pd.read_parquet(p) for p in sorted((project / "data" / "notes").glob("notes-*.parquet"))
+    )
+    min_notes = max(SEQUENCES_TEST_PARAMS["min_notes"], T + 1)
+    tracks = {}
+    for (file_id, track), rows in notes.groupby(["file_id", "track"], sort=True):
+        if rows["is_drum"].iloc[0] or len(rows) < min_notes:
+            continue
+        rows = rows.sort_values(["start", "pitch"], kind="stable")
+        col = "start_beat" if time_unit == "beats" else "start"
+        start = rows[col].to_numpy(np.float64)
+        end = rows["end_beat" if time_unit == "beats" else "end"].to_numpy(np.float64)
+        tracks[(file_id, int(track))] = {
+            "pitch": rows["pitch"].to_numpy(np.int32),
+            "step": np.clip(np.r_[0.0, np.diff(start)], 0, 4.0).astype(np.float32),
+            "duration": np.clip(end - start, 0, 8.0).astype(np.float32),
+            "velocity": rows["velocity"].to_numpy(np.int32),
+            "program": int(rows["program"].iloc[0]),
+        }
+    return tracks
+
+
+# ---------------------------------------------------------------- pure parts
+
+
+def test_program_selection_by_number_range_family_and_name() -> None:
+    chosen = instruments.select_programs(["piano", "40-42", 73, "Church Organ", "synth lead"])
+    assert chosen == frozenset([*range(8), 40, 41, 42, 73, 19, *range(80, 88)])
+    assert instruments.select_programs([]) is None
+    assert instruments.program_number("acoustic_grand_piano") == 0
+    assert instruments.program_number("Violin") == 40
+    assert instruments.program_number("73") == 73
+    for bad in (128, -1, "kazoo", "9-3"):
+        with pytest.raises(ParamsError):
+            instruments.select_programs([bad])
+    with pytest.raises(ParamsError, match="unknown General MIDI instrument"):
+        instruments.program_number("kazoo")
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("sequences.programs=[200]", "outside 0-127"),
+        ("sequences.programs=[kazoo]", "unknown program or family 'kazoo'"),
+        ("sequences.seq_length=1", "sequences.seq_length"),
+        ("sequences.split={train: 0.8, val: 0.3, test: 0.1}", "sum to 1"),
+    ],
+)
+def test_bad_params_are_one_line_errors(tmp_path: Path, override: str, message: str) -> None:
+    with pytest.raises(ParamsError, match=message) as caught:
+        config.load(make_project(tmp_path / "p"), [override])
+    assert "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize("n", [T + 1, 39, 40, 41, 63, 64, 65, 200])
+@pytest.mark.parametrize("stride", [1, 3])
+def test_chunks_overlap_so_no_window_is_lost(n: int, stride: int) -> None:
+    chunk = SEQUENCES_TEST_PARAMS["chunk_notes"]
+    starts = sequences.chunk_starts(n, chunk, T)
+    covered = [s + w for s in starts for w in range(min(n, s + chunk) - s - T)]
+    assert covered == list(range(n - T))  # every window start once, in one chunk
+    assert all(min(n, s + chunk) - s >= T + 1 for s in starts)
+    total = sum(sequences.windows_in(min(n, s + chunk) - s, T, 1) for s in starts)
+    assert total == n - T
+    assert sequences.windows_in(n, T, stride) == (n - T - 1) // stride + 1
+
+
+def test_highest_voice_is_the_skyline_and_the_tune_ignores_key() -> None:
+    # soprano 72 74 76 held over a moving alto; alto above nothing else
+    notes = {
+        "start": np.array([0, 0, 0.5, 1, 1, 2], np.float32),
+        "end": np.array([1, 0.5, 1, 2, 2, 3], np.float32),
+        "pitch": np.array([72, 60, 62, 74, 64, 76], np.int8),
+        "is_drum": np.zeros(6, bool),
+    }
+    assert sequences.highest_voice(notes) == [72, 74, 76]
+    rng = np.random.default_rng(0)
+    melody = rng.integers(60, 80, 40)
+    one = {"start": np.arange(40, dtype=np.float32), "end": np.arange(1, 41, dtype=np.float32),
+           "pitch": melody.astype(np.int8), "is_drum": np.zeros(40, bool)}  # fmt: skip
+    other = {**one, "pitch": (melody + 5).astype(np.int8)}
+    assert sequences.tune_fingerprint(one) == sequences.tune_fingerprint(other) is not None
+
+
+# ---------------------------------------------------------------- the stage
+
+
+def test_split_keys_keep_duplicates_same_notes_and_tunes_together(
+    shards_project: Path, note_corpus: dict
+) -> None:
+    splits = splits_table(shards_project)
+    assert splits.groupby("split_key")["split"].nunique().max() == 1
+    assert splits["file_id"].is_unique
+    assert "0" * 32 not in set(splits["file_id"])  # empty and quarantined files are not used
+    by_id = splits.set_index("file_id")
+    original = file_id_of(note_corpus["chorales"][0])
+    for other in (note_corpus["resaved"], note_corpus["reharmonised"]):
+        assert by_id.loc[file_id_of(other), "split_key"] == by_id.loc[original, "split_key"]
+        assert by_id.loc[file_id_of(other), "split"] == by_id.loc[original, "split"]
+    assert set(splits["split"]) == {"train", "val", "test"}
+
+
+@pytest.mark.parametrize("split_by", ["file", "group"])
+def test_split_by_file_and_group(shards_project: Path, note_corpus: dict, split_by: str) -> None:
+    notes_dir = shards_project / "data" / "notes"
+    survey = {
+        f: sequences.FileSurvey(sequences.content_hash(n), sequences.tune_fingerprint(n))
+        for f, n in sequences.iter_file_notes(sequences.note_parts(notes_dir))
+    }
+    files = pd.read_parquet(notes_dir / "files.parquet").query("status == 'ok'")
+    groups = dict(zip(files["file_id"], files["group"], strict=True))
+    keys = sequences.split_keys(sorted(files["file_id"]), groups, survey, split_by)
+    original = keys[file_id_of(note_corpus["chorales"][0])]
+    # the same notes in other bytes share a key whatever split_by says
+    assert keys[file_id_of(note_corpus["resaved"])] == original
+    chorales = {keys[file_id_of(p)] for p in note_corpus["chorales"]}
+    if split_by == "file":
+        assert keys[file_id_of(note_corpus["reharmonised"])] != original
+        assert len(chorales) == len(note_corpus["chorales"])
+    else:  # one folder group, joined to the re-harmonisation's group by nothing
+        assert chorales == {"group:bach"}
+        assert keys[file_id_of(note_corpus["multi"])] == "group:synth"
+
+
+def test_chunks_match_the_note_tables_and_the_manifest_counts(shards_project: Path) -> None:
+    manifest = manifest_of(shards_project)
+    shard_dir = shards_project / "data" / "shards"
+    split_of = splits_table(shards_project).set_index("file_id")["split"]
+    tracks = expected_tracks(shards_project)
+    seen: dict[str, set] = defaultdict(set)
+    for split, counts in manifest["splits"].items():
+        chunks = list(dataset.chunks(shard_dir, split))
+        assert len(chunks) == counts["chunks"] == sum(s["chunks"] for s in counts["shards"])
+        lengths: dict[tuple[str, int], int] = {}
+        for c in chunks:
+            key = (c["file_id"], c["track"])
+            assert split_of[c["file_id"]] == split
+            want = tracks[key]
+            lo, hi = c["offset"], c["offset"] + len(c["pitch"])
+            assert len(c["pitch"]) <= SEQUENCES_TEST_PARAMS["chunk_notes"]
+            for name in ("pitch", "step", "duration", "velocity"):
+                np.testing.assert_allclose(c[name], want[name][lo:hi], atol=1e-4)
+            assert c["program"] == want["program"]
+            lengths[key] = max(lengths.get(key, 0), hi)
+            seen[split].add(c["file_id"])
+        assert all(lengths[k] == len(tracks[k]["pitch"]) for k in lengths)  # whole tracks
+        assert sum(lengths.values()) == counts["notes"]
+        assert len(seen[split]) == counts["files"]
+        assert counts["windows"] == sum(len(tracks[k]["pitch"]) - T for k in lengths)
+        assert counts["windows"] == sum(sequences.windows_in(len(c["pitch"]), T, 1) for c in chunks)
+    assert set(tracks) == {
+        (c["file_id"], c["track"]) for s in manifest["splits"] for c in dataset.chunks(shard_dir, s)
+    }
+    assert len(manifest["splits"]["train"]["shards"]) > 1  # shard_mb is tiny here
+
+
+def test_bins_come_from_the_training_split(shards_project: Path) -> None:
+    manifest = manifest_of(shards_project)
+    shard_dir = shards_project / "data" / "shards"
+    train: dict[str, list[np.ndarray]] = defaultdict(list)
+    for c in dataset.chunks(shard_dir, "train"):
+        fresh = slice(0 if c["offset"] == 0 else T, None)  # chunks overlap by T notes
+        for name in ("step", "duration", "velocity"):
+            train[name].append(c[name][fresh])
+    for name, limit in (("step", 16), ("duration", 16), ("velocity", 8)):
+        bins = manifest["bins"][name]
+        edges, values = np.asarray(bins["edges"]), np.asarray(bins["values"])
+        assert np.all(np.diff(edges) > 0) and len(values) == len(edges) + 1 <= limit
+        x = np.concatenate(train[name]).astype(np.float64)
+        classes = np.searchsorted(edges, x, side="right")
+        for k in np.unique(classes):
+            assert values[k] == pytest.approx(x[classes == k].mean(), rel=1e-6)
+    step = manifest["bins"]["step"]
+    assert step["edges"][0] < 1e-3 and step["values"][0] == 0.0  # the chord class
+
+
+def test_manifest_describes_the_shards(shards_project: Path) -> None:
+    import hashlib
+
+    manifest = manifest_of(shards_project)
+    shard_dir = shards_project / "data" / "shards"
+    assert manifest["seq_length"] == T and manifest["time_unit"] == "beats"
+    assert manifest["features"]["pitch"] == {"dtype": "int32", "shape": [T + 1]}
+    assert manifest["programs"]["most_common"] == 0
+    assert set(manifest["programs"]["counts"]) == {"0", "48"}  # drums and the short flute left out
+    assert 60 < manifest["tempo_bpm"] < 200
+    digest = hashlib.sha256((shard_dir / "splits.parquet").read_bytes()).hexdigest()
+    assert manifest["splits_sha256"] == digest
+    names = sorted(p.name for p in shard_dir.glob("*.tfrecord.gz"))
+    listed = sorted(s["name"] for v in manifest["splits"].values() for s in v["shards"])
+    assert names == listed
+    for v in manifest["splits"].values():
+        for s in v["shards"]:
+            path = shard_dir / s["name"]
+            assert hashlib.sha256(path.read_bytes()).hexdigest() == s["sha256"]
+            assert path.stat().st_size == s["bytes"]
+
+
+def test_two_runs_are_byte_identical_and_another_seed_splits_otherwise(
+    tmp_path: Path, shards_project: Path, note_corpus: dict
+) -> None:
+    again = make_project(tmp_path / "again", {"sequences": SEQUENCES_TEST_PARAMS})
+    shutil.copytree(shards_project / "data" / "notes", again / "data" / "notes")
+    sequences.run(config.load(again))
+    first, second = shards_project / "data" / "shards", again / "data" / "shards"
+    names = sorted(p.name for p in first.iterdir())
+    assert names == sorted(p.name for p in second.iterdir())
+    for name in names:
+        assert (first / name).read_bytes() == (second / name).read_bytes(), name
+
+    sequences.run(config.load(again, ["sequences.seed=24"]))
+    before, after = splits_table(shards_project), splits_table(again)
+    assert list(before["split_key"]) == list(after["split_key"])
+    assert list(before["split"]) != list(after["split"])
+
+
+@pytest.mark.parametrize(
+    ("override", "names"),
+    [
+        ("sequences.programs=[brass]", "sequences.programs"),
+        ("sequences.min_notes=100000", "sequences.min_notes"),
+        ("sequences.seq_length=400", "sequences.seq_length"),
+    ],
+)
+def test_an_empty_selection_names_the_filter(
+    shards_project: Path, tmp_path: Path, override: str, names: str
+) -> None:
+    project = make_project(tmp_path / "p", {"sequences": SEQUENCES_TEST_PARAMS})
+    shutil.copytree(shards_project / "data" / "notes", project / "data" / "notes")
+    extra = ["sequences.chunk_notes=512"] if "seq_length" in override else []
+    with pytest.raises(LakhflowError, match=f"no windows: {names}") as caught:
+        sequences.run(config.load(project, [override, *extra]))
+    assert "\n" not in str(caught.value)
+
+
+def test_most_common_instrument_and_drums(shards_project: Path, tmp_path: Path) -> None:
+    project = make_project(tmp_path / "p", {"sequences": SEQUENCES_TEST_PARAMS})
+    shutil.copytree(shards_project / "data" / "notes", project / "data" / "notes")
+    sequences.run(config.load(project, ["sequences.programs=[ensemble]"]))
+    assert manifest_of(project)["programs"]["counts"] == {"48": 120}
+    sequences.run(config.load(project, ["sequences.include_drums=true"]))
+    counts = manifest_of(project)["programs"]["counts"]
+    assert counts["0"] > manifest_of(shards_project)["programs"]["counts"]["0"]  # + the drums
+    sequences.run(config.load(project, ["sequences.instrument=most_common"]))
+    assert manifest_of(project)["programs"]["counts"].keys() == {"0"}
+
+
+def test_cli_reports_bad_params_and_missing_notes_in_one_line(tmp_path: Path) -> None:
+    project = make_project(tmp_path / "p")
+    bad = run_cli(["lakhflow", "sequences", "-S", "sequences.programs=[kazoo]"], project)
+    assert bad.returncode == 2
+    assert bad.stderr.strip().count("\n") == 0 and "kazoo" in bad.stderr
+    missing = run_cli(["lakhflow", "sequences"], project)
+    assert missing.returncode == 1
+    assert "files.parquet not found" in missing.stderr.strip().splitlines()[-1]
+
+
+PARSE_STAND_IN = """\
+import shutil, sys
+shutil.copytree(sys.argv[1], "data/notes")
+"""
+
+
+@pytest.mark.slow
+def test_dvc_repro_after_a_params_change_reruns_sequences_and_later_only(
+    shards_project: Path, tmp_path: Path
+) -> None:
+    """A real DVC project: parse (a stand-in that copies note tables) -> sequences -> a consumer."""
+    import yaml
+
+    project = make_project(tmp_path / "p", {"sequences": SEQUENCES_TEST_PARAMS})
+    source = tmp_path / "notes-source"
+    shutil.copytree(shards_project / "data" / "notes", source)
+    (project / "parse_stand_in.py").write_text(PARSE_STAND_IN)
+    stages = {
+        "parse": {"cmd": f"python parse_stand_in.py {source}", "deps": ["parse_stand_in.py"],
+                  "params": ["parse"], "outs": ["data/notes"]},
+        "sequences": {"cmd": "lakhflow sequences", "deps": ["data/notes"],
+                      "params": ["download.source", "sequences"], "outs": ["data/shards"]},
+        "train": {"cmd": "python -c \"import shutil; shutil.copytree('data/shards', 'data/model')\"",  # noqa: E501
+                  "deps": ["data/shards"], "params": ["train"], "outs": ["data/model"]},
+    }  # fmt: skip
+    (project / "dvc.yaml").write_text(yaml.safe_dump({"stages": stages}, sort_keys=False))
+
+    def repro() -> str:
+        done = run_cli(["dvc", "repro"], project)
+        assert done.returncode == 0, done.stdout + done.stderr
+        return done.stdout
+
+    first = repro()
+    assert all(f"Running stage '{s}'" in first for s in ("parse", "sequences", "train"))
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["sequences"]["seed"] = 24
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    second = repro()
+    assert "Stage 'parse' didn't change, skipping" in second
+    assert "Running stage 'sequences'" in second and "Running stage 'train'" in second
+    assert "Running stage 'parse'" not in second
+    manifest = json.loads((project / "data" / "model" / "manifest.json").read_text())
+    assert manifest["seed"] == 24
