@@ -1,0 +1,375 @@
+"""Generate stage: the trained model (data/model/ or an MLflow URI) and primers -> new music.
+
+Writes `data/generated/<name>-NNN.mid` (primer first), a piano-roll PNG and, where FluidSynth
+loads, a WAV of each piece, and `manifest.json`; logs them to the MLflow run of the model.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import wave
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipelines import storage, tracking
+from pipelines.config import Config, Generate
+from pipelines.errors import LakhflowError, ParamsError
+from pipelines.generator import (
+    FEATURES,
+    MANIFEST_FILE,
+    MODEL_FILE,
+    Notes,
+    NoteSampler,
+    Sampling,
+    pitches_primer,
+    seconds_per_unit,
+    tempo_of,
+    to_midi,
+)
+
+log = logging.getLogger(__name__)
+
+# Test windows the default primers are chosen from (the first ones in shard order): enough
+# variety for a batch, without reading a whole Lakh-sized test split.
+PRIMER_CANDIDATES = 4096
+SAMPLE_RATE = 22050
+
+
+@dataclass
+class Source:
+    """The model that generates, and where it came from (for the manifest and MLflow)."""
+
+    model: Any
+    manifest: dict[str, Any]
+    uri: str
+    version: str | None = None
+    run_id: str | None = None
+    sampler: NoteSampler | None = None
+
+
+@dataclass
+class Primers:
+    notes: Notes  # [count, P]
+    described: list[dict[str, Any]] = field(default_factory=list)
+    tempo_bpm: float | None = None  # a primer MIDI file's own tempo
+
+
+# --------------------------------------------------------------------------- the model
+
+
+def _registry_version(uri: str) -> tuple[str | None, str | None]:
+    """(version, run_id) of a `models:/NAME@ALIAS` or `models:/NAME/VERSION` URI."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    client = MlflowClient()
+    body = uri.removeprefix("models:/").strip("/")
+    try:
+        if "@" in body:
+            name, alias = body.split("@", 1)
+            found = client.get_model_version_by_alias(name, alias)
+        elif "/" in body:
+            name, version = body.split("/", 1)
+            found = client.get_model_version(name, version)
+        else:
+            return None, None
+    except MlflowException as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "not found"
+        raise LakhflowError(f"model {uri!r} does not exist in the registry: {first}") from None
+    return str(found.version), found.run_id
+
+
+def load_source(cfg: Config) -> Source:
+    """data/model/ (what DVC tracks) when generate.model_uri is null, else the MLflow model."""
+    from pipelines.generator import load_generator, load_keras
+
+    uri = cfg.generate.model_uri
+    if uri is None:
+        model_dir = cfg.paths.model
+        if not (model_dir / MODEL_FILE).exists():
+            raise LakhflowError(
+                f"no trained model at {model_dir / MODEL_FILE}; run `lakhflow train` first "
+                "or set generate.model_uri"
+            )
+        manifest = storage.read_json(model_dir / MANIFEST_FILE)
+        run = storage.read_json(model_dir / "run.json") if (model_dir / "run.json").exists() else {}
+        return Source(
+            model=load_keras(model_dir / MODEL_FILE),
+            manifest=manifest,
+            uri=str(run.get("model_uri") or model_dir),
+            version=str(run["model_version"]) if run.get("model_version") else None,
+            run_id=run.get("run_id"),
+        )
+    tracking.setup(cfg.paths)
+    version, run_id = _registry_version(uri) if uri.startswith("models:/") else (None, None)
+    if uri.startswith("runs:/"):
+        run_id = uri.removeprefix("runs:/").split("/", 1)[0]
+    generator = load_generator(uri)
+    return Source(
+        model=generator.keras_model,
+        manifest=generator.manifest,
+        uri=uri,
+        version=version,
+        run_id=run_id,
+        sampler=generator.sampler,
+    )
+
+
+# --------------------------------------------------------------------------- primers
+
+
+def midi_primer(path: Path, length: int, manifest: dict[str, Any]) -> tuple[Notes, float | None]:
+    """The first `length` notes of a MIDI file's first (non-drum) track, and its tempo."""
+    import pretty_midi
+
+    if not path.is_file():
+        raise LakhflowError(f"generate.primer_midi: {path} does not exist")
+    try:
+        midi = pretty_midi.PrettyMIDI(str(path))
+    except Exception as exc:  # mido/pretty_midi raise many types for a file that is not MIDI
+        raise LakhflowError(
+            f"generate.primer_midi: {path.name} is not a MIDI file ({type(exc).__name__})"
+        ) from None
+    tracks = [i for i in midi.instruments if i.notes and not i.is_drum] or [
+        i for i in midi.instruments if i.notes
+    ]
+    if not tracks:
+        raise LakhflowError(f"generate.primer_midi: {path.name} has no notes")
+    notes = sorted(tracks[0].notes, key=lambda n: (n.start, n.pitch))[:length]
+    start = np.asarray([n.start for n in notes])
+    end = np.asarray([n.end for n in notes])
+    if manifest.get("time_unit", "beats") == "beats":
+        start = np.asarray([midi.time_to_tick(t) for t in start]) / midi.resolution
+        end = np.asarray([midi.time_to_tick(t) for t in end]) / midi.resolution
+    step = np.diff(start, prepend=start[0])
+    _, tempi = midi.get_tempo_changes()
+    tempo = float(tempi[0]) if len(tempi) else None
+    primer = Notes(
+        np.asarray([n.pitch for n in notes], np.int64),
+        step.astype(np.float64),
+        (end - start).astype(np.float64),
+        np.asarray([n.velocity for n in notes], np.int64),
+    )
+    return primer, tempo
+
+
+def split_primers(
+    cfg: Config, manifest: dict[str, Any], count: int, rng: np.random.Generator
+) -> Primers:
+    """`count` windows of `generate.primer_notes` notes from the test split, chosen by the seed."""
+    from pipelines import dataset
+
+    length = cfg.generate.primer_notes
+    shard_manifest = dataset.read_manifest(cfg.paths.shards)
+    # Windows exactly as long as the primer, not overlapping, so candidates differ.
+    framed = {**shard_manifest, "seq_length": length - 1}
+    stream = dataset.windows(cfg.paths.shards, "test", framed, batch_size=256, stride=length)
+    found: dict[str, list[np.ndarray]] = {k: [] for k in FEATURES}
+    total = 0
+    for batch in stream:
+        for k in FEATURES:
+            found[k].append(np.asarray(batch[k]))
+        total += int(batch["pitch"].shape[0])
+        if total >= PRIMER_CANDIDATES:
+            break
+    if total == 0:
+        raise LakhflowError(
+            f"the test split has no run of {length} notes for a primer; lower "
+            "generate.primer_notes or set generate.primer_pitches / generate.primer_midi"
+        )
+    candidates = Notes(*(np.concatenate(found[k])[:PRIMER_CANDIDATES] for k in FEATURES))
+    found_windows = candidates.pitch.shape[0]
+    picked = rng.choice(found_windows, size=count, replace=count > found_windows)
+    primer = candidates.take(picked)
+    described = [
+        {"source": "test split", "window": int(i), "notes": length} for i in picked.tolist()
+    ]
+    return Primers(primer, described)
+
+
+def make_primers(
+    cfg: Config, manifest: dict[str, Any], count: int, rng: np.random.Generator
+) -> Primers:
+    g = cfg.generate
+    if g.primer_midi:
+        path = Path(g.primer_midi)
+        path = path if path.is_absolute() else cfg.paths.root / path
+        one, tempo = midi_primer(path, g.primer_notes, manifest)
+        batch = Notes(*(np.repeat(a[None], count, axis=0) for a in one.__dict__.values()))
+        described = {"source": "midi", "path": str(g.primer_midi), "notes": len(one)}
+        return Primers(batch, [dict(described) for _ in range(count)], tempo)
+    if g.primer_pitches:
+        one = pitches_primer(g.primer_pitches, manifest)
+        batch = Notes(*(np.repeat(a[None], count, axis=0) for a in one.__dict__.values()))
+        described = {"source": "pitches", "pitches": g.primer_pitches, "notes": len(one)}
+        return Primers(batch, [dict(described) for _ in range(count)])
+    return split_primers(cfg, manifest, count, rng)
+
+
+# --------------------------------------------------------------------------- audio
+
+
+def fluidsynth_loads() -> bool:
+    """pyfluidsynth imports only where the system's libfluidsynth is installed."""
+    try:
+        import fluidsynth  # noqa: F401
+    except (ImportError, OSError):
+        return False
+    return True
+
+
+def write_wav(midi: Any, path: Path) -> None:
+    """Render with the General MIDI soundfont pretty_midi ships (TimGM6mb.sf2), 16-bit mono."""
+    audio = np.asarray(midi.fluidsynth(fs=SAMPLE_RATE), dtype=np.float64)
+    peak = float(np.abs(audio).max()) if audio.size else 0.0
+    if peak > 0:
+        audio = audio / peak * 0.9
+    with wave.open(str(path), "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(SAMPLE_RATE)
+        out.writeframes((audio * 32767).astype("<i2").tobytes())
+
+
+# --------------------------------------------------------------------------- the stage
+
+
+def sampling_of(g: Generate) -> Sampling:
+    return Sampling.with_temperature(
+        g.temperature,
+        top_k=g.top_k,
+        top_p=g.top_p,
+        greedy=g.greedy,
+        repetition_penalty=g.repetition_penalty,
+        repetition_window=g.repetition_window,
+    )
+
+
+def output_dir(cfg: Config) -> Path:
+    if cfg.generate.output is None:
+        return cfg.paths.generated
+    path = Path(cfg.generate.output)
+    return path if path.is_absolute() else cfg.paths.root / path
+
+
+def log_to_run(cfg: Config, run_id: str | None, folder: Path) -> bool:
+    """Log the written files as artifacts of the model's MLflow run."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    if not run_id:
+        log.warning("the model has no MLflow run (no run.json): files not logged to MLflow")
+        return False
+    where = "generated" if cfg.generate.output is None else f"generated/{folder.name}"
+    try:
+        tracking.setup(cfg.paths)
+        MlflowClient().log_artifacts(run_id, str(folder), artifact_path=where)
+    except MlflowException as exc:
+        log.warning("could not log to MLflow run %s: %s", run_id, str(exc).splitlines()[0])
+        return False
+    return True
+
+
+def run(cfg: Config) -> dict[str, Any]:
+    from pipelines.instruments import program_number
+    from pipelines.plots import piano_roll
+
+    g = cfg.generate
+    try:
+        program = program_number(g.program)
+    except ParamsError as exc:
+        raise ParamsError(f"generate.program: {exc}") from None
+    sampling = sampling_of(g)
+    source = load_source(cfg)
+    sampler = source.sampler or NoteSampler(source.model, source.manifest)
+    manifest = source.manifest
+    rng = np.random.default_rng(g.seed)
+    primers = make_primers(cfg, manifest, g.count, rng)
+    tempo = g.tempo_bpm or primers.tempo_bpm or tempo_of(manifest)
+
+    started = time.perf_counter()
+    pieces = sampler.generate(
+        primers.notes,
+        sampling,
+        rng,
+        notes=None if g.seconds else g.notes,
+        seconds=g.seconds,
+        tempo_bpm=tempo,
+    )
+    elapsed = time.perf_counter() - started
+    primed = len(primers.notes)
+    made = sum(len(p) - primed for p in pieces)
+
+    wav = g.wav and fluidsynth_loads()
+    if g.wav and not wav:
+        log.info("FluidSynth not installed; no WAV")
+    scale = seconds_per_unit(manifest, tempo)
+    dest = output_dir(cfg)
+    described = []
+    with storage.atomic_dir(dest) as tmp:
+        for i, piece in enumerate(pieces):
+            stem = f"{g.name}-{i:03d}"
+            midi = to_midi(piece, manifest, tempo, program)
+            midi.write(str(tmp / f"{stem}.mid"))
+            start = piece.starts() * scale
+            end = start + piece.duration * scale
+            piano_roll(
+                piece.pitch,
+                start,
+                end,
+                tmp / f"{stem}.png",
+                f"{stem}: {primed} primer notes + {len(piece) - primed} generated",
+                velocity=piece.velocity,
+            )
+            if wav:
+                write_wav(midi, tmp / f"{stem}.wav")
+            described.append(
+                {
+                    "midi": f"{stem}.mid",
+                    "piano_roll": f"{stem}.png",
+                    "wav": f"{stem}.wav" if wav else None,
+                    "notes": len(piece),
+                    "generated_notes": len(piece) - primed,
+                    "seconds": round(float(midi.get_end_time()), 3),
+                    "seed": g.seed,
+                    "index_in_batch": i,
+                    "primer": {**primers.described[i], "pitch": piece.pitch[:primed].tolist()},
+                }
+            )
+        storage.write_json(
+            tmp / "manifest.json",
+            {
+                "model": {
+                    "uri": source.uri,
+                    "version": source.version,
+                    "run_id": source.run_id,
+                    "heads": "categorical" if sampler.categorical else "regression",
+                },
+                "params": g.model_dump(mode="json"),
+                "seed": g.seed,
+                "program": program,
+                "tempo_bpm": tempo,
+                "time_unit": manifest.get("time_unit", "beats"),
+                "pieces": described,
+            },
+        )
+    logged = log_to_run(cfg, source.run_id, dest)
+    rate = made / elapsed if elapsed > 0 else 0.0
+    log.info(
+        "generate: wrote %d pieces (%d primer + %d new notes in all, %.0f notes/s) as MIDI, "
+        "piano rolls%s and manifest.json to %s, from %s%s%s.",
+        len(pieces),
+        primed * len(pieces),
+        made,
+        rate,
+        " and WAVs" if wav else "",
+        dest,
+        source.uri,
+        f" (version {source.version})" if source.version else "",
+        f"; logged to MLflow run {source.run_id}" if logged else "",
+    )
+    return {"pieces": len(pieces), "notes": made, "notes_per_s": round(rate, 1), "wav": wav}

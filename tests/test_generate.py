@@ -1,0 +1,199 @@
+"""The generate stage end to end: real shards (music21 chorales through the sequences stage), a
+model built by the train stage's builder (random weights: generation needs no training), MIDI
+read back with pretty_midi, WAVs, MLflow artifacts, the registry, and one-line errors."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import wave
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+import pretty_midi
+import pytest
+from conftest import notes_project
+
+from pipelines import cli, config, dataset, generate, sequences
+from pipelines.config import Train
+from pipelines.generator import log_generator
+from pipelines.model import build_model
+
+PRIMER = 8
+NOTES = 24
+GENERATE = {"count": 3, "notes": NOTES, "primer_notes": PRIMER, "program": "violin"}
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory, note_corpus: dict) -> Path:
+    """Shards from the sequences stage (a large test split) and an untrained model in data/model."""
+    root = notes_project(
+        tmp_path_factory.mktemp("generate") / "project",
+        note_corpus,
+        split={"train": 0.5, "val": 0.1, "test": 0.4},
+        split_by="file",
+    )
+    sequences.run(config.load(root))
+    manifest = dataset.read_manifest(root / "data" / "shards")
+    assert manifest["splits"]["test"]["windows"] > 0
+    model_dir = root / "data" / "model"
+    model_dir.mkdir(parents=True)
+    build_model(Train(units=16, embedding_dim=8), manifest).save(model_dir / "model.keras")
+    shutil.copy2(root / "data" / "shards" / "manifest.json", model_dir / "manifest.json")
+    params = config.read_params(root / "params.yaml")
+    params["generate"].update(GENERATE)
+    (root / "params.yaml").write_text(json.dumps(params))  # JSON is YAML
+    return root
+
+
+def run_stage(root: Path, out: Path, *overrides: str) -> dict[str, Any]:
+    cfg = config.load(root, [f"generate.output={out}", *overrides])
+    return generate.run(cfg)
+
+
+def pieces(out: Path) -> list[pretty_midi.PrettyMIDI]:
+    return [pretty_midi.PrettyMIDI(str(p)) for p in sorted(out.glob("piece-*.mid"))]
+
+
+def test_pieces_are_midi_with_the_primer_length_and_instrument_asked_for(
+    project: Path, tmp_path: Path, mlflow_uri: str
+) -> None:
+    root = tmp_path / "project"
+    shutil.copytree(project, root)
+    mlflow.set_experiment("lakhflow")
+    with mlflow.start_run() as run:
+        pass
+    run_json = {"run_id": run.info.run_id, "model_uri": "models:/lakhflow-lstm/1"}
+    (root / "data" / "model" / "run.json").write_text(json.dumps(run_json | {"model_version": "1"}))
+    out = root / "data" / "generated"
+    metrics = generate.run(config.load(root))
+    assert metrics["pieces"] == 3 and metrics["notes"] == 3 * NOTES and metrics["wav"]
+
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["model"] == {"uri": "models:/lakhflow-lstm/1", "version": "1",
+                                 "run_id": run.info.run_id, "heads": "categorical"}  # fmt: skip
+    assert manifest["params"]["count"] == 3 and manifest["seed"] == 0
+    shards_manifest = dataset.read_manifest(root / "data" / "shards")
+    assert manifest["tempo_bpm"] == pytest.approx(shards_manifest["tempo_bpm"])
+    test_pitches = [c["pitch"].tolist() for c in dataset.chunks(root / "data" / "shards", "test")]
+    for midi, piece in zip(pieces(out), manifest["pieces"], strict=True):
+        (track,) = midi.instruments
+        assert track.program == 40  # violin
+        notes = sorted(track.notes, key=lambda n: (n.start, n.pitch))
+        assert len(notes) == PRIMER + NOTES == piece["notes"]
+        assert midi.get_tempo_changes()[1][0] == pytest.approx(manifest["tempo_bpm"], rel=1e-3)
+        primer = piece["primer"]["pitch"]
+        assert piece["primer"]["source"] == "test split" and len(primer) == PRIMER
+        # The primer opens the piece; it is a run of notes from a test-split track.
+        assert sorted(n.pitch for n in notes[:PRIMER]) == sorted(primer)
+        assert any(
+            chunk[i : i + PRIMER] == primer for chunk in test_pitches for i in range(len(chunk))
+        )
+        assert (out / piece["piano_roll"]).stat().st_size > 1000
+        with wave.open(str(out / piece["wav"])) as audio:
+            samples = np.frombuffer(audio.readframes(audio.getnframes()), dtype="<i2")
+        assert audio.getframerate() == 22050 and np.abs(samples).max() > 1000  # not silence
+
+    logged = {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id, "generated")}
+    assert {"generated/piece-000.mid", "generated/piece-000.png", "generated/piece-000.wav",
+            "generated/manifest.json"} <= logged  # fmt: skip
+
+
+def test_the_same_seed_gives_identical_bytes_and_another_seed_other_music(
+    project: Path, tmp_path: Path
+) -> None:
+    run_stage(project, tmp_path / "a", "generate.wav=false")
+    run_stage(project, tmp_path / "b", "generate.wav=false")
+    run_stage(project, tmp_path / "c", "generate.wav=false", "generate.seed=1")
+    names = sorted(p.name for p in (tmp_path / "a").glob("*.mid"))
+    assert len(names) == 3
+    for name in names:
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+    a = [[n.pitch for n in m.instruments[0].notes] for m in pieces(tmp_path / "a")]
+    c = [[n.pitch for n in m.instruments[0].notes] for m in pieces(tmp_path / "c")]
+    assert a != c
+
+
+def test_a_pitch_list_primer_a_length_in_seconds_and_a_program_number(
+    project: Path, tmp_path: Path
+) -> None:
+    run_stage(project, tmp_path / "out", "generate.primer_pitches='60 62 64 65 67'",
+              "generate.seconds=6", "generate.program=73", "generate.tempo_bpm=90",
+              "generate.wav=false")  # fmt: skip
+    for midi in pieces(tmp_path / "out"):
+        (track,) = midi.instruments
+        assert track.program == 73
+        assert midi.get_tempo_changes()[1][0] == pytest.approx(90, rel=1e-3)
+        notes = sorted(track.notes, key=lambda n: (n.start, n.pitch))
+        assert [n.pitch for n in notes[:5]] == [60, 62, 64, 65, 67]
+        onsets = [n.start for n in notes[5:]]
+        assert onsets and max(onsets) < notes[4].start + 6.0
+
+
+def test_a_midi_file_primer_opens_every_piece_at_its_tempo(project: Path, tmp_path: Path) -> None:
+    primer = pretty_midi.PrettyMIDI(initial_tempo=150)
+    drums = pretty_midi.Instrument(program=0, is_drum=True)
+    drums.notes = [pretty_midi.Note(100, 36, i * 0.2, i * 0.2 + 0.1) for i in range(20)]
+    melody = pretty_midi.Instrument(program=0)
+    pitches = [67, 69, 71, 72, 74, 72, 71, 69, 67, 66]
+    melody.notes = [pretty_midi.Note(90, p, i * 0.4, i * 0.4 + 0.3) for i, p in enumerate(pitches)]
+    primer.instruments = [drums, melody]
+    primer.write(str(tmp_path / "primer.mid"))
+    run_stage(project, tmp_path / "out", f"generate.primer_midi={tmp_path / 'primer.mid'}",
+              "generate.wav=false")  # fmt: skip
+    for midi in pieces(tmp_path / "out"):
+        notes = sorted(midi.instruments[0].notes, key=lambda n: (n.start, n.pitch))
+        assert [n.pitch for n in notes[:PRIMER]] == pitches[:PRIMER]
+        assert [n.velocity for n in notes[:PRIMER]] == [90] * PRIMER
+        assert notes[1].start == pytest.approx(0.4, abs=0.01)  # 1 beat at 150 bpm
+        assert len(notes) == PRIMER + NOTES
+
+
+@pytest.mark.slow
+def test_a_registered_model_generates_and_gets_the_files(
+    project: Path, tmp_path: Path, mlflow_uri: str
+) -> None:
+    mlflow.set_experiment("lakhflow")
+    with mlflow.start_run() as run:
+        info = log_generator(project / "data" / "model", registered_model_name="lakhflow-lstm")
+    client = mlflow.MlflowClient()
+    client.set_registered_model_alias("lakhflow-lstm", "champion", info.registered_model_version)
+    out = tmp_path / "batch-1"
+    metrics = run_stage(project, out, "generate.model_uri=models:/lakhflow-lstm@champion",
+                        "generate.count=2", "generate.wav=false")  # fmt: skip
+    assert metrics["pieces"] == 2
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["model"]["version"] == "1" and manifest["model"]["run_id"] == run.info.run_id
+    logged = {a.path for a in client.list_artifacts(run.info.run_id, "generated/batch-1")}
+    assert "generated/batch-1/piece-001.mid" in logged
+
+
+@pytest.mark.parametrize(
+    ("override", "code", "message"),
+    [
+        ("generate.temperature=0", 2, "temperature must be > 0"),
+        ("generate.top_p=1.5", 2, "top_p"),
+        ("generate.program=kazoo_supreme", 2, "unknown General MIDI instrument 'kazoo_supreme'"),
+        ("generate.primer_midi=notes.txt", 1, "notes.txt is not a MIDI file"),
+        ("generate.model_uri=models:/lakhflow-lstm@champion", 1, "does not exist"),
+    ],
+)
+def test_bad_settings_end_with_one_line(
+    project: Path,
+    tmp_path: Path,
+    mlflow_uri: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    override: str,
+    code: int,
+    message: str,
+) -> None:
+    (project / "notes.txt").write_text("not a MIDI file\n")
+    monkeypatch.setenv("LAKHFLOW_ROOT", str(project))
+    assert cli.main(["generate", "-S", override, "-S", f"generate.output={tmp_path}"]) == code
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("lakhflow generate: error:")]
+    assert len(errors) == 1 and message in errors[0], err
+    assert "Traceback" not in err and not (tmp_path / "manifest.json").exists()
