@@ -1,0 +1,857 @@
+"""Evaluate stage: reads data/model, the test and train splits (data/shards, data/notes) and
+the generated MIDI (data/generated); writes data/metrics/eval.json and data/evaluation/ (plots,
+report.html), logs them to the model's MLflow run and tags the headline on its registered version.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import itertools
+import logging
+import math
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipelines import baselines as bl
+from pipelines import music_metrics as mm
+from pipelines import storage, tracking
+from pipelines.config import Config
+from pipelines.errors import LakhflowError
+
+log = logging.getLogger(__name__)
+
+BINNED = ("step", "duration", "velocity")
+HEADS = ("pitch", *BINNED)
+PITCHES = 128
+BATCH = 256
+# Version tags promote reads: the headline figures, under this prefix.
+TAG_PREFIX = "eval."
+TAGGED = (
+    "pitch_nll",
+    "pitch_accuracy",
+    "bigram_pitch_nll",
+    "pitch_nll_ratio_to_bigram",
+    "mean_overlap_area",
+    "mean_kl_divergence",
+    "max_copied_run",
+    "pieces_copying",
+)
+# Above this many training notes the copy detector filters the corpus by k-grams first.
+EXACT_COPY_NOTES = 5_000_000
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+@dataclass
+class Inputs:
+    """What the stage reads, checked up front so a missing piece is one clear line."""
+
+    model_dir: Path
+    manifest: dict[str, Any]  # the shards' manifest the model was trained on
+    run_info: dict[str, Any]
+    generated: dict[str, Any]  # data/generated/manifest.json
+
+
+def read_inputs(cfg: Config) -> Inputs:
+    paths = cfg.paths
+    needed = {
+        paths.model / "model.keras": "train",
+        paths.model / "manifest.json": "train",
+        paths.model / "run.json": "train",
+        paths.shards / "manifest.json": "sequences",
+        paths.shards / "splits.parquet": "sequences",
+        paths.generated / "manifest.json": "generate",
+    }
+    for path, stage in needed.items():
+        if not path.exists():
+            raise LakhflowError(f"{path} not found; run `lakhflow {stage}` first")
+    if not any(paths.notes.glob("notes-*.parquet")):
+        raise LakhflowError(f"no note tables in {paths.notes}; run `lakhflow parse` first")
+    manifest = storage.read_json(paths.model / "manifest.json")
+    shards = storage.read_json(paths.shards / "manifest.json")
+    if manifest.get("splits_sha256") != shards.get("splits_sha256"):
+        raise LakhflowError(
+            "the model was trained on other splits than data/shards holds "
+            f"({str(manifest.get('splits_sha256'))[:12]} vs "
+            f"{str(shards.get('splits_sha256'))[:12]}); "
+            "run `lakhflow train` again so the test split is really held out"
+        )
+    return Inputs(
+        model_dir=paths.model,
+        manifest=manifest,
+        run_info=storage.read_json(paths.model / "run.json"),
+        generated=storage.read_json(paths.generated / "manifest.json"),
+    )
+
+
+def n_classes(manifest: Mapping[str, Any], head: str) -> int:
+    return PITCHES if head == "pitch" else len(manifest["bins"][head]["edges"]) + 1
+
+
+def tokens_of(
+    notes: Mapping[str, np.ndarray], manifest: Mapping[str, Any]
+) -> dict[str, np.ndarray]:
+    """Each head's class indices: the pitch itself, the other heads binned by the manifest."""
+    out = {"pitch": np.asarray(notes["pitch"], dtype=np.int64)}
+    for head in BINNED:
+        out[head] = bl.bin_values(notes[head], manifest["bins"][head]["edges"])
+    return out
+
+
+# --------------------------------------------------------------------------- the model on test
+
+
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    logits = np.asarray(logits, dtype=np.float64)
+    top = logits.max(axis=-1, keepdims=True)
+    return logits - top - np.log(np.exp(logits - top).sum(axis=-1, keepdims=True))
+
+
+@dataclass
+class HeadTally:
+    """Running sums of one head's scores over test batches."""
+
+    nll: float = 0.0
+    correct: int = 0
+    squared_error: float = 0.0
+    count: int = 0
+
+    def add_logits(self, logits: np.ndarray, targets: np.ndarray) -> None:
+        logp = log_softmax(logits)
+        targets = np.asarray(targets, dtype=np.int64)
+        picked = np.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
+        self.nll -= float(picked.sum())
+        self.correct += int((logp.argmax(axis=-1) == targets).sum())
+        self.count += targets.size
+
+    def add_values(self, predicted: np.ndarray, targets: np.ndarray) -> None:
+        error = np.asarray(predicted, np.float64).ravel() - np.asarray(targets, np.float64).ravel()
+        self.squared_error += float((error**2).sum())
+        self.count += error.size
+
+    def result(self, kind: str) -> dict[str, float]:
+        n = max(self.count, 1)
+        if kind == "regression":
+            return {"mse": self.squared_error / n, "count": self.count}
+        return {"nll": self.nll / n, "accuracy": self.correct / n, "count": self.count}
+
+
+def test_stride(manifest: Mapping[str, Any], max_windows: int) -> int:
+    """A stride that spreads at most `max_windows` windows over the whole test split."""
+    stride = int(manifest.get("stride", 1))
+    available = int(manifest["splits"]["test"].get("windows", 0))
+    return stride * max(1, math.ceil(available / max_windows))
+
+
+def test_batches(cfg: Config, manifest: Mapping[str, Any]) -> Iterator[dict[str, np.ndarray]]:
+    """Batches of test windows (T+1 notes), at most `evaluate.max_test_windows` in all."""
+    from pipelines.dataset import windows
+
+    stride = test_stride(manifest, cfg.evaluate.max_test_windows)
+    dataset = windows(cfg.paths.shards, "test", dict(manifest), batch_size=BATCH, stride=stride)
+    left = cfg.evaluate.max_test_windows
+    for batch in dataset.as_numpy_iterator():
+        if left <= 0:
+            break
+        batch = {k: v[:left] for k, v in batch.items()}
+        left -= len(batch["pitch"])
+        yield batch
+
+
+@dataclass
+class TestScores:
+    """The model's scores per head, and the test targets the baselines are scored on."""
+
+    heads: str
+    model: dict[str, dict[str, float]]
+    windows: int
+    previous: dict[str, np.ndarray] = field(default_factory=dict)
+    targets: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+def score_model(cfg: Config, inputs: Inputs) -> TestScores:
+    """NLL and accuracy per head on the test windows (every position for the categorical
+    model; the last note for the tutorial's regression model, with MSE for step and duration)."""
+    from pipelines.model import load_model, split_window
+
+    manifest = inputs.manifest
+    model = load_model(inputs.model_dir / "model.keras", compile=False)
+    heads = "categorical"
+    tallies = {head: HeadTally() for head in HEADS}
+    previous: dict[str, list[np.ndarray]] = {head: [] for head in HEADS}
+    targets: dict[str, list[np.ndarray]] = {head: [] for head in HEADS}
+    n_windows = 0
+    for batch in test_batches(cfg, manifest):
+        n_windows += len(batch["pitch"])
+        x, _ = split_window(batch, manifest)  # the inputs are the same for both kinds of heads
+        outputs = {k: np.asarray(v) for k, v in model(x, training=False).items()}
+        # The tutorial's regression model answers for the last note only: pitch logits [B, 128].
+        heads = "regression" if outputs["pitch"].ndim == 2 else "categorical"
+        _, y = split_window(batch, manifest, heads)
+        tokens = tokens_of(batch, manifest)
+        for head in HEADS:
+            if heads == "regression":
+                previous[head].append(tokens[head][:, -2])
+                targets[head].append(tokens[head][:, -1])
+            else:
+                previous[head].append(tokens[head][:, :-1].ravel())
+                targets[head].append(tokens[head][:, 1:].ravel())
+            if head not in outputs:
+                continue
+            if heads == "regression" and head != "pitch":
+                tallies[head].add_values(outputs[head], y[head])
+            else:
+                tallies[head].add_logits(outputs[head], np.asarray(y[head]))
+    if n_windows == 0:
+        raise LakhflowError("the test split holds no window of seq_length + 1 notes to score")
+    kind = {h: "regression" if heads == "regression" and h != "pitch" else "nll" for h in HEADS}
+    scores = {head: tallies[head].result(kind[head]) for head in HEADS if tallies[head].count}
+    return TestScores(
+        heads=heads,
+        model=scores,
+        windows=n_windows,
+        previous={h: np.concatenate(v) for h, v in previous.items()},
+        targets={h: np.concatenate(v) for h, v in targets.items()},
+    )
+
+
+def fit_baselines(cfg: Config, manifest: Mapping[str, Any]) -> dict[str, bl.Baselines]:
+    """Unigram and bigram counts of each head over the train split's tracks; add-k from val."""
+    from pipelines.dataset import chunks
+
+    fitted = {}
+    train = {h: bl.TokenCounts(n_classes(manifest, h)) for h in HEADS}
+    val = {h: bl.TokenCounts(n_classes(manifest, h)) for h in HEADS}
+    for split, counts in (("train", train), ("val", val)):
+        for chunk in chunks(cfg.paths.shards, split):
+            tokens = tokens_of(chunk, manifest)
+            for head in HEADS:
+                counts[head].add(tokens[head])
+    for head in HEADS:
+        if train[head].unigram.sum() == 0:
+            raise LakhflowError("the train split holds no notes to fit the baselines on")
+        fitted[head] = bl.Baselines(train[head], bl.choose_k(train[head], val[head]))
+    return fitted
+
+
+def score_baselines(
+    fitted: Mapping[str, bl.Baselines], scores: TestScores
+) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    for head, model in fitted.items():
+        result = model.score(scores.previous[head], scores.targets[head])
+        out[head] = {name: s.as_dict() for name, s in result.items()} | {"k": model.k}
+    return out
+
+
+# --------------------------------------------------------------------------- the music
+
+
+def read_midi_notes(path: Path, time_unit: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A MIDI file's pitched notes ordered by start then pitch, timed in beats or seconds."""
+    import pretty_midi
+
+    try:
+        midi = pretty_midi.PrettyMIDI(str(path))
+    except Exception as exc:  # a generated file that does not read is the user's to fix
+        raise LakhflowError(f"{path} is not a readable MIDI file ({exc})") from None
+    notes = [n for inst in midi.instruments if not inst.is_drum for n in inst.notes]
+    pitch = np.array([n.pitch for n in notes], dtype=np.int64)
+    start = np.array([n.start for n in notes], dtype=np.float64)
+    end = np.array([n.end for n in notes], dtype=np.float64)
+    if time_unit == "beats" and len(notes):
+        ticks_per_beat = float(midi.resolution)
+        start = np.array([midi.time_to_tick(t) for t in start], np.float64) / ticks_per_beat
+        end = np.array([midi.time_to_tick(t) for t in end], np.float64) / ticks_per_beat
+    order = np.lexsort((pitch, start))
+    return pitch[order], start[order], end[order]
+
+
+def primer_lengths(generated: Mapping[str, Any]) -> dict[str, int]:
+    """MIDI file name -> its primer's length in notes, from data/generated/manifest.json."""
+    out = {}
+    for piece in generated.get("pieces", []):
+        name = piece.get("midi")
+        if "notes" in piece and "generated_notes" in piece:
+            primer = int(piece["notes"]) - int(piece["generated_notes"])
+        elif isinstance(piece.get("primer"), Mapping) and "notes" in piece["primer"]:
+            primer = int(piece["primer"]["notes"])
+        else:
+            continue
+        if name:
+            out[Path(str(name)).name] = primer
+    return out
+
+
+def beats(pitch: np.ndarray, start: np.ndarray, end: np.ndarray, spb: float) -> mm.Piece:
+    """A piece starting at 0, timed in beats (`spb`: time units per beat, 1 for beats)."""
+    offset = start.min() if len(start) else 0.0
+    return mm.Piece(pitch, (start - offset) / spb, (end - offset) / spb)
+
+
+def seconds_per_beat(manifest: Mapping[str, Any]) -> float:
+    if manifest.get("time_unit", "beats") == "beats":
+        return 1.0
+    tempo = float(manifest.get("tempo_bpm") or 120.0)
+    return 60.0 / tempo
+
+
+def generated_continuations(cfg: Config, inputs: Inputs) -> dict[str, mm.Piece]:
+    """Each generated piece's notes after its primer, timed in beats."""
+    primers = primer_lengths(inputs.generated)
+    files = sorted(cfg.paths.generated.glob("*.mid"))
+    if not files:
+        raise LakhflowError(f"no MIDI files in {cfg.paths.generated}; run `lakhflow generate`")
+    unit = inputs.manifest.get("time_unit", "beats")
+    spb = seconds_per_beat(inputs.manifest)
+    out = {}
+    for path in files:
+        if path.name not in primers:
+            raise LakhflowError(
+                f"{cfg.paths.generated / 'manifest.json'} gives no primer length for {path.name}"
+            )
+        pitch, start, end = read_midi_notes(path, unit)
+        keep = slice(primers[path.name], None)
+        if len(pitch[keep]) >= 2:
+            out[path.stem] = beats(pitch[keep], start[keep], end[keep], spb)
+    if not out:
+        raise LakhflowError("no generated piece has two or more notes after its primer")
+    return out
+
+
+@dataclass(frozen=True)
+class Track:
+    """One test track's notes, joined from its chunks."""
+
+    file_id: str
+    track: int
+    notes: dict[str, np.ndarray]
+
+
+def split_tracks(cfg: Config, split: str) -> list[Track]:
+    """The split's tracks, each joined from its consecutive chunks (contiguous offsets)."""
+    from pipelines.dataset import chunks
+
+    tracks: list[Track] = []
+    parts: dict[str, list[np.ndarray]] = {}
+    key: tuple[str, int, int] | None = None  # file_id, track, next offset
+
+    def close() -> None:
+        if key is not None and parts["pitch"]:
+            joined = {name: np.concatenate(arrays) for name, arrays in parts.items()}
+            tracks.append(Track(key[0], key[1], joined))
+
+    for chunk in chunks(cfg.paths.shards, split):
+        length = len(chunk["pitch"])
+        if key is None or (chunk["file_id"], chunk["track"], chunk["offset"]) != key:
+            close()
+            parts = {name: [] for name in ("pitch", "step", "duration")}
+        for name in parts:
+            parts[name].append(np.asarray(chunk[name]))
+        key = (chunk["file_id"], chunk["track"], chunk["offset"] + length)
+    close()
+    return tracks
+
+
+def real_excerpts(
+    tracks: Sequence[Track], lengths: Sequence[int], seed: int, spb: float
+) -> tuple[list[mm.Piece], list[int]]:
+    """One excerpt per wanted length from random test tracks (seeded), as long as the longest
+    track allows; returns the excerpts and the lengths they got."""
+    if not tracks:
+        raise LakhflowError("the test split holds no tracks to take real excerpts from")
+    rng = np.random.default_rng(seed)
+    longest = max(len(t.notes["pitch"]) for t in tracks)
+    excerpts, got = [], []
+    used: set[int] = set()
+    for wanted in lengths:
+        n = min(wanted, longest)
+        fits = [i for i, t in enumerate(tracks) if len(t.notes["pitch"]) >= n]
+        fresh = [i for i in fits if i not in used] or fits  # other tracks first, then reuse
+        i = int(rng.choice(fresh))
+        used.add(i)
+        notes = tracks[i].notes
+        first = int(rng.integers(0, len(notes["pitch"]) - n + 1))
+        cut = slice(first, first + n)
+        piece = mm.Piece.from_steps(notes["pitch"][cut], notes["step"][cut], notes["duration"][cut])
+        excerpts.append(mm.Piece(piece.pitch, piece.start / spb, piece.end / spb))
+        got.append(n)
+    return excerpts, got
+
+
+def cut(piece: mm.Piece, n: int) -> mm.Piece:
+    return mm.Piece(piece.pitch[:n], piece.start[:n], piece.end[:n])
+
+
+# --------------------------------------------------------------------------- copying
+
+
+@dataclass
+class Copies:
+    """Each query's longest run found in the training files: exact, and up to transposition."""
+
+    exact: list[mm.CopiedRun]
+    transposed: list[mm.CopiedRun]
+    sources: list[tuple[str, int]]  # corpus index -> (file_id, track)
+    training_notes: int
+
+
+def train_tracks(cfg: Config) -> Iterator[tuple[str, int, np.ndarray]]:
+    """The pitched tracks of the training files, from the note tables: (file_id, track, pitches).
+
+    The tables are sorted by file, track, start, pitch, so a track is a run of equal keys; a
+    track may go on in the next part, so each part's last track waits for the next part.
+    """
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    splits = pq.read_table(cfg.paths.shards / "splits.parquet", columns=["file_id", "split"])
+    train_ids = splits.filter(pc.equal(splits["split"], "train"))["file_id"]
+    pending: tuple[str, int, np.ndarray] | None = None
+    for part in sorted(cfg.paths.notes.glob("notes-*.parquet")):
+        table = pq.read_table(part, columns=["file_id", "track", "is_drum", "pitch"])
+        keep = pc.and_(pc.is_in(table["file_id"], value_set=train_ids), pc.invert(table["is_drum"]))
+        table = table.filter(keep)
+        if not table.num_rows:
+            continue
+        file_codes = table["file_id"].combine_chunks().dictionary_encode()
+        codes = np.asarray(file_codes.indices, dtype=np.int64)
+        names = file_codes.dictionary.to_pylist()
+        track = np.asarray(table["track"], dtype=np.int64)
+        pitch = np.asarray(table["pitch"], dtype=np.int64)
+        change = np.flatnonzero((np.diff(codes) != 0) | (np.diff(track) != 0)) + 1
+        bounds = np.concatenate([[0], change, [len(pitch)]])
+        for a, b in itertools.pairwise(bounds):
+            current = (names[codes[a]], int(track[a]), pitch[a:b])
+            if pending is not None and pending[:2] == current[:2]:
+                current = (current[0], current[1], np.concatenate([pending[2], current[2]]))
+            elif pending is not None:
+                yield pending
+            pending = current
+    if pending is not None:
+        yield pending
+
+
+def training_notes(cfg: Config) -> int:
+    import pyarrow.parquet as pq
+
+    return sum(pq.ParquetFile(p).metadata.num_rows for p in cfg.paths.notes.glob("notes-*.parquet"))
+
+
+def find_copies(cfg: Config, queries: Sequence[np.ndarray]) -> Copies:
+    """Stream the training files' tracks once through two suffix automata of the queries."""
+    total = training_notes(cfg)
+    # Past a few million notes, only stretches whose k-grams occur in the queries are scanned:
+    # still exact for every run of k notes or more, so for the copy threshold.
+    anchor = None if total <= EXACT_COPY_NOTES else max(2, min(8, cfg.evaluate.copy_threshold))
+    exact = mm.CopyDetector(queries, anchor=anchor, bits=7)
+    transposed = mm.CopyDetector([mm.intervals(q) for q in queries], anchor=anchor, bits=8)
+    sources: list[tuple[str, int]] = []
+    fed = 0
+    for file_id, track, pitch in train_tracks(cfg):
+        index = len(sources)
+        sources.append((file_id, track))
+        exact.feed(pitch, index)
+        transposed.feed(mm.intervals(pitch), index)
+        fed += len(pitch)
+    return Copies(exact.runs(), transposed.runs(), sources, fed)
+
+
+def notes_of_intervals(run: int) -> int:
+    """n equal consecutive intervals are n + 1 notes copied up to transposition (0 are 1 note)."""
+    return run + 1
+
+
+def file_paths(cfg: Config) -> dict[str, str]:
+    import pyarrow.parquet as pq
+
+    path = cfg.paths.notes / "files.parquet"
+    if not path.exists():
+        return {}
+    table = pq.read_table(path, columns=["file_id", "path"])
+    return dict(zip(table["file_id"].to_pylist(), table["path"].to_pylist(), strict=True))
+
+
+# --------------------------------------------------------------------------- pictures and report
+
+
+def plot_distributions(
+    comparisons: Mapping[str, mm.FeatureComparison],
+    generated: Sequence[mm.Piece],
+    real: Sequence[mm.Piece],
+    ngrams: Mapping[int, Mapping[str, float]],
+    out: Path,
+) -> list[Path]:
+    """PNGs of generated vs real: Yang & Lerch densities, MusPy metrics, pitches, n-grams."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+
+    names = list(comparisons)
+    cols = 3
+    rows = math.ceil(len(names) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.0 * rows), squeeze=False)
+    for ax, name in zip(axes.ravel(), names, strict=False):
+        c = comparisons[name].comparison
+        ax.plot(c.grid, c.p, label="intra-set, real", color="tab:blue")
+        ax.plot(c.grid, c.q, label="inter-set", color="tab:red")
+        intra_gen = comparisons[name].intra_generated
+        if len(intra_gen) and np.ptp(np.concatenate([intra_gen, c.grid[[0, -1]]])) > 0:
+            ax.plot(c.grid, mm.kde(intra_gen, c.grid), "--", label="intra-set, generated",
+                    color="tab:orange")  # fmt: skip
+        ax.set_title(f"{name}\noverlap {c.overlap_area:.2f}, KL {c.kl_divergence:.2f}", fontsize=9)
+        ax.set_xlabel("distance", fontsize=8)
+        ax.tick_params(labelsize=7)
+    for ax in axes.ravel()[len(names) :]:
+        ax.axis("off")
+    axes.ravel()[0].legend(fontsize=7)
+    fig.suptitle("Yang & Lerch: distance densities per feature (generated vs real)")
+    written.append(_save(fig, out / "yang_lerch.png"))
+
+    metric_names = list(mm.MUSPY_METRICS)
+    fig, axes = plt.subplots(2, math.ceil(len(metric_names) / 2), figsize=(16, 6), squeeze=False)
+    for ax, name in zip(axes.ravel(), metric_names, strict=False):
+        metric = mm.MUSPY_METRICS[name]
+        values = [
+            [v for v in (metric(p) for p in pieces) if math.isfinite(v)]
+            for pieces in (generated, real)
+        ]
+        if all(values):
+            ax.boxplot(values, tick_labels=["generated", "real"])
+        ax.set_title(name, fontsize=9)
+        ax.tick_params(labelsize=7)
+    for ax in axes.ravel()[len(metric_names) :]:
+        ax.axis("off")
+    fig.suptitle("MusPy metrics per piece: generated vs real test excerpts")
+    written.append(_save(fig, out / "muspy_metrics.png"))
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 3.5))
+    every = np.concatenate([p.pitch for p in (*generated, *real)])
+    pitch_bins = np.arange(every.min() - 0.5, every.max() + 1.5)
+    for pieces, label in ((generated, "generated"), (real, "real")):
+        pitch = np.concatenate([p.pitch for p in pieces])
+        left.hist(pitch, bins=pitch_bins, density=True, histtype="step", label=label)
+        lengths = np.concatenate([p.duration for p in pieces])
+        right.hist(np.log2(np.maximum(lengths, 1 / 64)), bins=40, density=True,
+                   histtype="step", label=label)  # fmt: skip
+    left.set_xlabel("pitch (MIDI)")
+    right.set_xlabel("note length, log2 beats")
+    left.legend()
+    written.append(_save(fig, out / "pitch_and_length.png"))
+
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    ns = sorted(ngrams)
+    width = 0.38
+    x = np.arange(len(ns))
+    ax.bar(x - width / 2, [ngrams[n]["generated"] for n in ns], width, label="generated")
+    ax.bar(x + width / 2, [ngrams[n]["real"] for n in ns], width, label="real")
+    ax.set_xticks(x, [f"{n}-grams" for n in ns])
+    ax.set_ylabel("distinct / all (per piece)")
+    ax.set_ylim(0, 1.05)
+    ax.legend(fontsize=8)
+    written.append(_save(fig, out / "distinct_ngrams.png"))
+    return written
+
+
+def _save(fig: Any, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        return "nan" if not math.isfinite(value) else f"{value:.4g}"
+    return html.escape(str(value))
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{_cell(v)}</td>" for v in row) + "</tr>" for row in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def report_html(result: Mapping[str, Any], pictures: Sequence[Path]) -> str:
+    """One page: the headline, the tables, and the pictures embedded (it travels as one file)."""
+    headline = [(k, v) for k, v in result.items() if not isinstance(v, dict | list)]
+    model = result["model"]
+    head_rows = []
+    for head, scores in model["heads"].items():
+        base = result["baselines"].get(head, {})
+        head_rows.append(
+            [
+                head,
+                scores.get("nll", math.nan),
+                scores.get("accuracy", math.nan),
+                scores.get("mse", math.nan),
+                base.get("unigram", {}).get("nll", math.nan),
+                base.get("bigram", {}).get("nll", math.nan),
+                base.get("bigram", {}).get("accuracy", math.nan),
+            ]
+        )
+    head_header = ["head", "NLL", "accuracy", "MSE", "unigram NLL", "bigram NLL", "bigram accuracy"]
+    music = result["music"]
+    muspy_rows = [
+        [name, music["muspy"]["generated"][name], music["muspy"]["real"][name]]
+        for name in music["muspy"]["generated"]
+    ]
+    yl_rows = [
+        [name, s["overlap_area"], s["kl_divergence"], s["intra_real_mean"],
+         s["intra_generated_mean"], s["inter_mean"]]
+        for name, s in music["yang_lerch"].items()
+    ]  # fmt: skip
+    ngram_rows = [[f"{n}-grams", *v.values()] for n, v in music["distinct_ngrams"].items()]
+    ngram_header = ["", *next(iter(music["distinct_ngrams"].values())).keys()]
+    copy_rows = [
+        [c["piece"], c["notes"], c["longest_copied_run"], c["longest_copied_run_transposed"],
+         c.get("source_path") or c.get("source_file_id") or ""]
+        for c in music["copying"]["generated"]
+    ]  # fmt: skip
+    images = "".join(
+        f'<figure><img src="data:image/png;base64,{base64.b64encode(p.read_bytes()).decode()}" '
+        f'alt="{html.escape(p.stem)}"><figcaption>{html.escape(p.name)}</figcaption></figure>'
+        for p in pictures
+    )
+    style = (
+        "body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}"
+        "table{border-collapse:collapse;margin:0.5em 0 1.5em}"
+        "td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}"
+        "th{background:#f3f3f3}td:first-child{text-align:left}img{max-width:100%}"
+    )
+    return f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>lakhflow evaluation</title><style>{style}</style></head>
+<body>
+<h1>lakhflow evaluation: {html.escape(str(result.get("model_name")))} version \
+{html.escape(str(result.get("model_version")))}</h1>
+<h2>Headline</h2>{_table(["figure", "value"], headline)}
+<h2>Model vs baselines on the test split</h2>
+<p>{model["windows"]} test windows; {html.escape(model["heads_kind"])} heads.
+NLL in nats per note.</p>
+{_table(head_header, head_rows)}
+<h2>MusPy metrics (means)</h2>
+<p>{music["generated_pieces"]} generated continuations vs {music["real_excerpts"]} real test
+excerpts of the same lengths ({music["excerpt_notes"]} notes).</p>
+{_table(["metric", "generated", "real"], muspy_rows)}
+<h2>Yang &amp; Lerch</h2>
+<p>Overlap area and KL divergence of the real set's intra-set distance density against the
+inter-set (generated to real) density, per feature.</p>
+{_table(["feature", "overlap", "KL", "intra real", "intra generated", "inter"], yl_rows)}
+<h2>Repetition</h2>{_table(ngram_header, ngram_rows)}
+<h2>Copying from the training files</h2>
+<p>Longest run of notes after the primer found in a training file (exact pitches, and up to
+transposition); the real test excerpts' longest is {music["copying"]["max_real"]}.</p>
+{_table(["piece", "notes", "copied run", "up to transposition", "source"], copy_rows)}
+<h2>Pictures</h2>{images}
+</body></html>
+"""
+
+
+# --------------------------------------------------------------------------- MLflow
+
+
+def log_to_mlflow(
+    cfg: Config, inputs: Inputs, result: Mapping[str, Any], files: Sequence[Path]
+) -> None:
+    """Metrics and artifacts into the model's run; headline figures as registered-version tags."""
+    import mlflow
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    tracking.setup(cfg.paths)
+    run_id = inputs.run_info.get("run_id")
+    name = inputs.run_info.get("model_name") or cfg.train.model_name
+    version = inputs.run_info.get("model_version")
+    numbers = {
+        f"{TAG_PREFIX}{k}": float(v)
+        for k, v in result.items()
+        if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+    }
+    try:
+        with mlflow.start_run(run_id=run_id):
+            mlflow.log_metrics(numbers)
+            for path in files:
+                mlflow.log_artifact(str(path), artifact_path="evaluation")
+        if version is not None:
+            client = MlflowClient()
+            tags = {f"{TAG_PREFIX}{k}": str(result[k]) for k in TAGGED if k in result}
+            tags |= {"splits_sha256": result["splits_sha256"], "source": result["source"]}
+            for key, value in tags.items():
+                client.set_model_version_tag(name, str(version), key, value)
+    except MlflowException as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise LakhflowError(
+            f"cannot log to the model's MLflow run {run_id} ({first}); "
+            "is MLFLOW_TRACKING_URI the store the model was trained in?"
+        ) from None
+
+
+# --------------------------------------------------------------------------- the stage
+
+
+def _finite(x: float) -> float | None:
+    return float(x) if math.isfinite(x) else None
+
+
+def evaluate_music(
+    cfg: Config, inputs: Inputs
+) -> tuple[dict[str, Any], dict[str, mm.FeatureComparison], list[mm.Piece], list[mm.Piece]]:
+    """Generated continuations vs real test excerpts of the same lengths, and copying."""
+    generated = generated_continuations(cfg, inputs)
+    names = list(generated)
+    spb = seconds_per_beat(inputs.manifest)
+    tracks = split_tracks(cfg, "test")
+    real, got = real_excerpts(tracks, [len(generated[n]) for n in names], cfg.evaluate.seed, spb)
+    # Where no test track is as long as a continuation, compare equal lengths all the same.
+    gen = [cut(generated[n], k) for n, k in zip(names, got, strict=True)]
+
+    muspy = {"generated": mm.mean_metrics(gen), "real": mm.mean_metrics(real)}
+    comparisons = mm.yang_lerch(
+        mm.feature_table(gen), mm.feature_table(real), points=cfg.evaluate.kde_points
+    )
+    ngrams = {}
+    for n in cfg.evaluate.ngrams:
+        g_piece, g_pool = mm.distinct_ngram_ratio([p.pitch for p in gen], n)
+        r_piece, r_pool = mm.distinct_ngram_ratio([p.pitch for p in real], n)
+        ngrams[n] = {
+            "generated": g_piece,
+            "real": r_piece,
+            "generated_pooled": g_pool,
+            "real_pooled": r_pool,
+        }
+
+    copies = find_copies(cfg, [p.pitch for p in gen] + [p.pitch for p in real])
+    paths = file_paths(cfg)
+    per_piece = []
+    for i, name in enumerate(names):
+        run, shifted = copies.exact[i], copies.transposed[i]
+        entry: dict[str, Any] = {
+            "piece": name,
+            "notes": len(gen[i]),
+            "longest_copied_run": run.length,
+            # n equal consecutive intervals are n + 1 notes copied up to transposition
+            "longest_copied_run_transposed": notes_of_intervals(shifted.length),
+        }
+        if run.source >= 0:
+            file_id, track = copies.sources[run.source]
+            entry |= {"source_file_id": file_id, "source_track": track,
+                      "source_path": paths.get(file_id, ""),
+                      "source_end_note": run.source_end}  # fmt: skip
+        per_piece.append(entry)
+    real_runs = [c.length for c in copies.exact[len(names) :]]
+    real_shifted = [notes_of_intervals(c.length) for c in copies.transposed[len(names) :]]
+    threshold = cfg.evaluate.copy_threshold
+    copying = {
+        "generated": per_piece,
+        "real": real_runs,
+        "real_transposed": real_shifted,
+        "max_generated": max(c["longest_copied_run"] for c in per_piece),
+        "max_generated_transposed": max(c["longest_copied_run_transposed"] for c in per_piece),
+        "max_real": max(real_runs),
+        "pieces_copying": sum(c["longest_copied_run"] >= threshold for c in per_piece),
+        "threshold": threshold,
+        "training_notes": copies.training_notes,
+    }
+    summaries = {name: c.summary for name, c in comparisons.items()}
+    music = {
+        "generated_pieces": len(gen),
+        "real_excerpts": len(real),
+        "excerpt_notes": sorted(set(got)),
+        "muspy": muspy,
+        "yang_lerch": summaries,
+        "mean_overlap_area": float(np.mean([s["overlap_area"] for s in summaries.values()])),
+        "mean_kl_divergence": float(np.mean([s["kl_divergence"] for s in summaries.values()])),
+        "distinct_ngrams": {str(n): v for n, v in ngrams.items()},
+        "copying": copying,
+    }
+    return music, comparisons, gen, real
+
+
+def run(cfg: Config) -> dict[str, Any]:
+    inputs = read_inputs(cfg)
+    manifest = inputs.manifest
+    log.info("scoring the model on the test split ...")
+    scores = score_model(cfg, inputs)
+    fitted = fit_baselines(cfg, manifest)
+    base = score_baselines(fitted, scores)
+    log.info("comparing generated and real music ...")
+    music, comparisons, gen, real = evaluate_music(cfg, inputs)
+
+    pitch = scores.model["pitch"]
+    bigram = base["pitch"]["bigram"]
+    result: dict[str, Any] = {
+        "model_name": inputs.run_info.get("model_name", cfg.train.model_name),
+        "model_version": str(inputs.run_info.get("model_version", "")),
+        "heads": scores.heads,
+        "pitch_nll": pitch["nll"],
+        "pitch_accuracy": pitch["accuracy"],
+        "unigram_pitch_nll": base["pitch"]["unigram"]["nll"],
+        "bigram_pitch_nll": bigram["nll"],
+        "bigram_pitch_accuracy": bigram["accuracy"],
+        "pitch_nll_ratio_to_bigram": pitch["nll"] / bigram["nll"],
+        "mean_overlap_area": music["mean_overlap_area"],
+        "mean_kl_divergence": music["mean_kl_divergence"],
+        "max_copied_run": music["copying"]["max_generated"],
+        "max_copied_run_transposed": music["copying"]["max_generated_transposed"],
+        "max_copied_run_real": music["copying"]["max_real"],
+        "pieces_copying": music["copying"]["pieces_copying"],
+        "test_windows": scores.windows,
+        "source": str(manifest.get("source", "")),
+        "splits_sha256": str(manifest.get("splits_sha256", "")),
+    }
+    for head, s in scores.model.items():
+        if head != "pitch":
+            result |= {f"{head}_{k}": v for k, v in s.items() if k != "count"}
+    for n, ratios in music["distinct_ngrams"].items():
+        result[f"distinct_{n}grams_generated"] = ratios["generated"]
+        result[f"distinct_{n}grams_real"] = ratios["real"]
+    result["model"] = {"heads_kind": scores.heads, "windows": scores.windows, "heads": scores.model}
+    result["baselines"] = base
+    result["music"] = music
+
+    out = cfg.paths.root / "data" / "evaluation"
+    with storage.atomic_dir(out) as tmp:
+        pictures = plot_distributions(
+            comparisons, gen, real,
+            {int(n): v for n, v in music["distinct_ngrams"].items()}, tmp / "plots",
+        )  # fmt: skip
+        (tmp / "report.html").write_text(report_html(result, pictures))
+    eval_json = cfg.paths.metrics / "eval.json"
+    storage.write_json(eval_json, _json_safe(result))
+    files = [eval_json, out / "report.html", *sorted((out / "plots").glob("*.png"))]
+    log_to_mlflow(cfg, inputs, result, files)
+    log.info(
+        "Evaluated %s version %s on %d test windows: pitch NLL %.3f (bigram %.3f, ratio %.2f); "
+        "generated vs real mean overlap area %.2f; longest copied run %d notes (real excerpts %d). "
+        "Wrote %s, %s and tagged the registered version.",
+        result["model_name"], result["model_version"], scores.windows, result["pitch_nll"],
+        result["bigram_pitch_nll"], result["pitch_nll_ratio_to_bigram"],
+        result["mean_overlap_area"], result["max_copied_run"], result["max_copied_run_real"],
+        eval_json, out / "report.html",
+    )  # fmt: skip
+    return {k: v for k, v in result.items() if not isinstance(v, dict)}
+
+
+def _json_safe(value: Any) -> Any:
+    """nan and inf become null, so eval.json stays valid JSON for DVC."""
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, float | np.floating):
+        return _finite(float(value))
+    if isinstance(value, np.integer):
+        return int(value)
+    return value

@@ -1,0 +1,295 @@
+"""The evaluate stage: its parts on hand-made inputs, and the whole stage after a tiny real
+train and generate on the sequences helper's shards, against a real MLflow store."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from conftest import notes_project
+
+from pipelines import config, evaluate, promote, schema
+from pipelines import music_metrics as mm
+
+TINY_TRAIN = [
+    "train.epochs=1",
+    "train.units=8",
+    "train.embedding_dim=4",
+    "train.batch_size=16",
+    "train.steps_per_epoch=3",
+]
+TINY_GENERATE = [
+    "generate.count=3",
+    "generate.notes=24",
+    "generate.primer_notes=8",
+    "generate.wav=false",
+]
+TINY_EVALUATE = ["evaluate.max_test_windows=300", "evaluate.copy_threshold=12"]
+COPIED = 20  # notes of a training track planted in one generated piece
+
+
+# --------------------------------------------------------------------------- parts
+
+
+def test_primer_lengths_from_the_generate_manifest() -> None:
+    manifest = {
+        "pieces": [
+            {"midi": "piece-000.mid", "notes": 40, "generated_notes": 32, "primer": {"notes": 8}},
+            {"midi": "piece-001.mid", "primer": {"source": "pitches", "notes": 5}},
+        ]
+    }
+    assert evaluate.primer_lengths(manifest) == {"piece-000.mid": 8, "piece-001.mid": 5}
+
+
+def test_real_excerpts_match_lengths_and_the_seed() -> None:
+    rng = np.random.default_rng(0)
+    tracks = [
+        evaluate.Track(
+            f"f{i}",
+            0,
+            {
+                "pitch": rng.integers(50, 70, n),
+                "step": np.full(n, 0.5, np.float32),
+                "duration": np.full(n, 0.5, np.float32),
+            },
+        )
+        for i, n in enumerate([30, 50, 12])
+    ]
+    excerpts, got = evaluate.real_excerpts(tracks, [10, 40, 80], seed=1, spb=1.0)
+    # The longest track (50 notes) caps the 80 asked for.
+    assert got == [10, 40, 50] and [len(e) for e in excerpts] == got
+    assert excerpts[1].end[-1] == pytest.approx(39 * 0.5 + 0.5)
+    again, _ = evaluate.real_excerpts(tracks, [10, 40, 80], seed=1, spb=1.0)
+    assert all(np.array_equal(a.pitch, b.pitch) for a, b in zip(excerpts, again, strict=True))
+    # Seconds at 120 bpm: half a second is one beat.
+    (in_beats,), _ = evaluate.real_excerpts(tracks[:1], [4], seed=0, spb=0.5)
+    assert in_beats.duration.tolist() == [1.0] * 4
+
+
+def test_test_stride_spreads_the_cap_over_the_split() -> None:
+    manifest = {"stride": 1, "splits": {"test": {"windows": 10_000}}}
+    assert evaluate.test_stride(manifest, 20_000) == 1
+    assert evaluate.test_stride(manifest, 3_000) == 4
+
+
+def note_part(path: Path, rows: list[tuple[str, int, bool, int]]) -> None:
+    cols: dict[str, list] = {name: [] for name in schema.NOTES.names}
+    for i, (file_id, track, drum, pitch) in enumerate(rows):
+        values = (file_id, track, 0, drum, pitch, 80, i * 0.5, i * 0.5 + 0.5, i * 1.0, i + 1.0)
+        for name, value in zip(schema.NOTES.names, values, strict=True):
+            cols[name].append(value)
+    pq.write_table(pa.table(cols, schema=schema.NOTES), path)
+
+
+def test_copies_are_found_across_note_table_parts_in_train_files_only(tmp_path: Path) -> None:
+    project = tmp_path / "project"
+    notes = project / "data" / "notes"
+    shards = project / "data" / "shards"
+    notes.mkdir(parents=True)
+    shards.mkdir(parents=True)
+    rng = np.random.default_rng(5)
+    melody = rng.integers(40, 90, 60).tolist()
+    drums = rng.integers(35, 50, 60).tolist()
+    held_out = rng.integers(40, 90, 60).tolist()
+    # File "a" (train): a drum track, then the melody's track cut across two parts.
+    part0 = [("a", 0, True, p) for p in drums] + [("a", 1, False, p) for p in melody[:30]]
+    part1 = [("a", 1, False, p) for p in melody[30:]] + [("b", 0, False, p) for p in held_out]
+    note_part(notes / "notes-00000.parquet", part0)
+    note_part(notes / "notes-00001.parquet", part1)
+    splits = pa.table({"file_id": ["a", "b"], "split_key": ["a", "b"], "split": ["train", "test"]})
+    pq.write_table(splits, shards / "splits.parquet")
+    shutil.copy2(Path(__file__).parents[1] / "params.yaml", project / "params.yaml")
+    cfg = config.load(project)
+
+    tracks = list(evaluate.train_tracks(cfg))
+    assert [(f, t, len(p)) for f, t, p in tracks] == [("a", 1, 60)]
+
+    planted = np.array([1, 2, 3, *melody[20:45], 4, 5])  # 25 notes across the parts' seam
+    from_drums = np.array(drums[:20])  # drums are no pitched training notes
+    from_test = np.array(held_out[:20])  # file "b" is not a training file
+    copies = evaluate.find_copies(cfg, [planted, from_drums, from_test])
+    assert copies.exact[0].length == 25
+    assert copies.sources[copies.exact[0].source] == ("a", 1)
+    assert copies.exact[1].length < 5 and copies.exact[2].length < 5
+    assert copies.training_notes == 60
+    # Transposed up a fourth: the same 25 notes, up to transposition.
+    shifted = evaluate.find_copies(cfg, [planted + 5])
+    assert evaluate.notes_of_intervals(shifted.transposed[0].length) >= 25
+
+
+# --------------------------------------------------------------------------- the stage
+
+
+@pytest.fixture(scope="module")
+def evaluated(
+    note_corpus: dict, mlflow_template: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[Path, dict]]:
+    """Shards of the shared note corpus with a test split, a tiny model trained and sampled
+    on them, then evaluated."""
+    import mlflow
+
+    from pipelines import generate, sequences, train
+
+    # The sequences tests' split leaves the test split empty; this one holds a chorale out.
+    split = {"train": 0.6, "val": 0.2, "test": 0.2}
+    project = notes_project(
+        tmp_path_factory.mktemp("evaluate") / "project", note_corpus, split=split
+    )
+    sequences.run(config.load(project))
+    db = project / "test-mlflow.db"
+    shutil.copy2(mlflow_template, db)
+    uri = f"sqlite:///{db}"
+    old = os.environ.get("MLFLOW_TRACKING_URI")
+    os.environ["MLFLOW_TRACKING_URI"] = uri
+    mlflow.set_tracking_uri(uri)
+    try:
+        train.run(config.load(project, TINY_TRAIN))
+        generate.run(config.load(project, TINY_GENERATE))
+        plant_copy(project)
+        result = evaluate.run(config.load(project, TINY_EVALUATE))
+        yield project, result
+    finally:
+        if old is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = old
+
+
+def plant_copy(project: Path) -> None:
+    """Overwrite the last generated piece: its primer, then COPIED notes of a training track."""
+    import pretty_midi
+
+    cfg = config.load(project)
+    melody = next(p for _, _, p in evaluate.train_tracks(cfg) if len(p) >= COPIED + 5)
+    generated = project / "data" / "generated"
+    manifest = json.loads((generated / "manifest.json").read_text())
+    piece = manifest["pieces"][-1]
+    primer = piece["notes"] - piece["generated_notes"]
+    midi = pretty_midi.PrettyMIDI(initial_tempo=manifest["tempo_bpm"])
+    inst = pretty_midi.Instrument(program=0)
+    beat = 60.0 / manifest["tempo_bpm"]
+    pitches = [30 + i for i in range(primer)] + melody[5 : 5 + COPIED].tolist()
+    for i, pitch in enumerate(pitches):
+        inst.notes.append(pretty_midi.Note(80, int(pitch), i * beat, (i + 1) * beat))
+    midi.instruments.append(inst)
+    midi.write(str(generated / piece["midi"]))
+    piece["generated_notes"] = COPIED
+    piece["notes"] = primer + COPIED
+    (generated / "manifest.json").write_text(json.dumps(manifest))
+
+
+@pytest.mark.slow
+def test_eval_json_headline_and_detail(evaluated: tuple[Path, dict]) -> None:
+    project, result = evaluated
+    data = json.loads((project / "data" / "metrics" / "eval.json").read_text())
+    for key in ("pitch_nll", "bigram_pitch_nll", "unigram_pitch_nll", "pitch_nll_ratio_to_bigram",
+                "mean_overlap_area", "max_copied_run", "pitch_accuracy", "step_nll",
+                "velocity_accuracy", "distinct_4grams_generated"):  # fmt: skip
+        assert isinstance(data[key], float | int) and math.isfinite(data[key]), key
+    assert data["pitch_nll_ratio_to_bigram"] == pytest.approx(
+        data["pitch_nll"] / data["bigram_pitch_nll"]
+    )
+    # Counts beat a uniform guess over 128 pitches; context beats counts alone.
+    assert data["bigram_pitch_nll"] < data["unigram_pitch_nll"] < math.log(128)
+    assert 0 <= data["mean_overlap_area"] <= 1
+    assert data["test_windows"] <= 300
+    assert data["heads"] == "categorical"
+    manifest = json.loads((project / "data" / "shards" / "manifest.json").read_text())
+    assert data["splits_sha256"] == manifest["splits_sha256"]
+    # Every head of the model was scored on every position of every test window.
+    heads = data["model"]["heads"]
+    assert set(heads) == {"pitch", "step", "duration", "velocity"}
+    assert heads["pitch"]["count"] == data["test_windows"] * manifest["seq_length"]
+    assert data["baselines"]["pitch"]["bigram"]["count"] == heads["pitch"]["count"]
+    music = data["music"]
+    assert set(music["yang_lerch"]) == set(mm.FEATURES)
+    assert set(music["muspy"]["real"]) == set(mm.MUSPY_METRICS)
+    assert music["generated_pieces"] == music["real_excerpts"] == 3
+    assert set(music["distinct_ngrams"]) == {"2", "4", "8"}
+    assert result["pitch_nll"] == data["pitch_nll"]
+
+
+@pytest.mark.slow
+def test_the_planted_copy_is_reported(evaluated: tuple[Path, dict]) -> None:
+    project, _ = evaluated
+    data = json.loads((project / "data" / "metrics" / "eval.json").read_text())
+    copying = data["music"]["copying"]
+    planted = copying["generated"][-1]
+    assert planted["longest_copied_run"] == COPIED
+    assert planted["source_path"].endswith(".mid")
+    assert data["max_copied_run"] == COPIED
+    assert data["pieces_copying"] >= 1
+    assert all(c["longest_copied_run"] < COPIED for c in copying["generated"][:-1])
+
+
+@pytest.mark.slow
+def test_plots_and_report(evaluated: tuple[Path, dict]) -> None:
+    project, _ = evaluated
+    out = project / "data" / "evaluation"
+    plots = sorted(p.name for p in (out / "plots").glob("*.png"))
+    assert plots == ["distinct_ngrams.png", "muspy_metrics.png", "pitch_and_length.png",
+                     "yang_lerch.png"]  # fmt: skip
+    for name in plots:
+        assert (out / "plots" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    page = (out / "report.html").read_text()
+    assert page.count('<img src="data:image/png;base64,') == len(plots)
+    assert "pitch_class_histogram" in page and "scale_consistency" in page
+
+
+@pytest.mark.slow
+def test_logged_to_the_run_and_tagged_on_the_version_then_promoted(
+    evaluated: tuple[Path, dict],
+) -> None:
+    from mlflow import MlflowClient
+
+    project, result = evaluated
+    info = json.loads((project / "data" / "model" / "run.json").read_text())
+    client = MlflowClient()
+    run = client.get_run(info["run_id"])
+    assert run.data.metrics["eval.pitch_nll"] == pytest.approx(result["pitch_nll"])
+    artifacts = {a.path for a in client.list_artifacts(info["run_id"], "evaluation")}
+    assert {
+        "evaluation/eval.json",
+        "evaluation/report.html",
+        "evaluation/yang_lerch.png",
+    } <= artifacts
+    tags = client.get_model_version(info["model_name"], info["model_version"]).tags
+    assert float(tags["eval.pitch_nll"]) == pytest.approx(result["pitch_nll"])
+    assert float(tags["eval.mean_overlap_area"]) == pytest.approx(result["mean_overlap_area"])
+    assert tags["splits_sha256"] == result["splits_sha256"] and tags["source"] == "bach"
+    # The promote stage reads those tags: the first evaluated candidate becomes the champion.
+    promoted = promote.run(config.load(project))
+    assert promoted["promoted"]
+    champion = client.get_model_version_by_alias(info["model_name"], "champion")
+    assert str(champion.version) == str(info["model_version"])
+
+
+@pytest.mark.slow
+def test_the_tutorials_regression_model_is_scored_on_the_last_note(
+    evaluated: tuple[Path, dict], tmp_path: Path
+) -> None:
+    from pipelines.model import build_model
+
+    project, _ = evaluated
+    copy = tmp_path / "project"
+    shutil.copytree(project, copy, ignore=shutil.ignore_patterns("*.db", "mlartifacts"))
+    cfg = config.load(copy, ["train.heads=regression", "train.units=4", *TINY_EVALUATE])
+    inputs = evaluate.read_inputs(cfg)
+    build_model(cfg.train, inputs.manifest).save(copy / "data" / "model" / "model.keras")
+    scores = evaluate.score_model(cfg, inputs)
+    assert scores.heads == "regression"
+    assert set(scores.model) == {"pitch", "step", "duration"}
+    assert scores.model["pitch"]["count"] == scores.windows
+    assert {"mse", "count"} == set(scores.model["step"])
+    # An untrained softmax over 128 pitches is close to uniform.
+    assert scores.model["pitch"]["nll"] == pytest.approx(math.log(128), abs=0.5)
+    # The baselines are scored on the same targets: one last note per window.
+    assert len(scores.targets["pitch"]) == len(scores.previous["pitch"]) == scores.windows
