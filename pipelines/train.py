@@ -1,0 +1,513 @@
+"""Train stage: reads data/shards (manifest, train and val windows), trains the LSTM with a
+checkpoint per epoch in .lakhflow/work/train/, and writes data/model/ and data/metrics/train.json;
+the run is tracked in MLflow and registered as a new `train.model_name` version, alias `candidate`.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+import shutil
+import subprocess
+import time
+import warnings
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipelines import storage, tracking
+from pipelines.config import Config
+from pipelines.errors import LakhflowError
+from pipelines.model import (
+    Placement,
+    build_model,
+    choose_placement,
+    head_names,
+    load_model,
+    reseed_dropout,
+    split_window,
+    summary_text,
+)
+from pipelines.schema import HEADS
+
+log = logging.getLogger(__name__)
+
+STATE_FILE = "state.json"
+CANDIDATE = "candidate"
+# Validation windows at most kept in memory across epochs (about 0.5 KB each).
+VAL_CACHE_WINDOWS = 200_000
+
+
+@dataclass
+class Progress:
+    """What a killed run needs to go on: epochs done, history, early stopping, the MLflow run."""
+
+    epochs_done: int = 0
+    run_id: str | None = None
+    history: list[dict[str, float]] = field(default_factory=list)
+    seconds: list[float] = field(default_factory=list)
+    windows: list[int] = field(default_factory=list)
+    best_val_loss: float = math.inf
+    best_epoch: int = 0
+    wait: int = 0
+    stopped: bool = False
+    checkpoint: str | None = None  # the model after `epochs_done` epochs, with optimizer state
+    best_weights: str | None = None  # weights of `best_epoch`
+
+    @classmethod
+    def load(cls, work: Path) -> Progress:
+        path = work / STATE_FILE
+        if not path.exists():
+            return cls()
+        data = storage.read_json(path)
+        data["best_val_loss"] = float(data.get("best_val_loss") or math.inf)
+        return cls(**data)
+
+    def save(self, work: Path) -> None:
+        data = asdict(self)
+        data["best_val_loss"] = None if math.isinf(self.best_val_loss) else self.best_val_loss
+        storage.write_json(work / STATE_FILE, data)
+
+    def update_early_stopping(self, epoch: int, val_loss: float, patience: int) -> bool:
+        """Keras' EarlyStopping rule (stop after `patience` epochs without a better val loss),
+        kept in the checkpoint so it survives a resume; True if this epoch is the best so far."""
+        if val_loss < self.best_val_loss:
+            self.best_val_loss, self.best_epoch, self.wait = val_loss, epoch, 0
+            return True
+        self.wait += 1
+        if self.wait >= patience and epoch > 1:
+            self.stopped = True
+        return False
+
+
+# --------------------------------------------------------------------------- data
+
+
+def read_shards_manifest(cfg: Config) -> tuple[dict[str, Any], str]:
+    """The shards' manifest and its sha256; a one-line error if the shards are missing/stale."""
+    from pipelines.dataset import read_manifest
+
+    path = cfg.paths.shards / "manifest.json"
+    if not path.exists():
+        raise LakhflowError(f"no shards in {cfg.paths.shards}: run `lakhflow sequences` first")
+    manifest = dict(read_manifest(cfg.paths.shards))
+    if int(manifest["seq_length"]) != cfg.sequences.seq_length:
+        raise LakhflowError(
+            f"the shards hold windows of {manifest['seq_length']} notes but "
+            f"sequences.seq_length is {cfg.sequences.seq_length}: run `lakhflow sequences` again"
+        )
+    for split in ("train", "val"):
+        if int(manifest["splits"][split]["windows"]) < 1:
+            raise LakhflowError(
+                f"the {split} split has no windows of {manifest['seq_length'] + 1} notes: "
+                "use more data, a shorter sequences.seq_length or larger split ratios"
+            )
+    return manifest, storage.file_digest(path, "sha256")
+
+
+def train_windows(cfg: Config, manifest: Mapping[str, Any], epoch: int) -> Any:
+    """The train windows of one epoch: shuffled by a seed per epoch, so a resumed run sees
+    the same order an unbroken one would; repeated when steps_per_epoch caps the epoch."""
+    import tensorflow as tf
+
+    from pipelines.dataset import windows
+
+    ds = windows(
+        cfg.paths.shards,
+        "train",
+        dict(manifest),
+        batch_size=cfg.train.batch_size,
+        shuffle=True,
+        transpose=cfg.sequences.transpose,
+        seed=cfg.train.seed + epoch,
+        repeat=cfg.train.steps_per_epoch > 0,
+    )
+    heads = cfg.train.heads
+    return ds.map(lambda b: split_window(b, manifest, heads)).prefetch(tf.data.AUTOTUNE)
+
+
+def val_windows(cfg: Config, manifest: Mapping[str, Any]) -> Any:
+    import tensorflow as tf
+
+    from pipelines.dataset import windows
+
+    heads = cfg.train.heads
+    ds = windows(cfg.paths.shards, "val", dict(manifest), batch_size=cfg.train.batch_size)
+    ds = ds.map(lambda b: split_window(b, manifest, heads))
+    n = int(manifest["splits"]["val"]["windows"])
+    if cfg.train.validation_steps:
+        ds = ds.take(cfg.train.validation_steps)
+        n = min(n, cfg.train.validation_steps * cfg.train.batch_size)
+    if n <= VAL_CACHE_WINDOWS:
+        ds = ds.cache()
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def steps_per_epoch(cfg: Config, manifest: Mapping[str, Any]) -> int:
+    if cfg.train.steps_per_epoch:
+        return cfg.train.steps_per_epoch
+    return math.ceil(int(manifest["splits"]["train"]["windows"]) / cfg.train.batch_size)
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+
+def work_key(cfg: Config, manifest_sha: str) -> dict[str, Any]:
+    """What the checkpoints depend on: the shards (by manifest hash) and every train param."""
+    return {
+        "manifest_sha256": manifest_sha,
+        "train": cfg.train.model_dump(mode="json"),
+        "transpose": cfg.sequences.transpose,
+    }
+
+
+def _save_model_file(model: Any, dest: Path, weights_only: bool = False) -> None:
+    # Keras insists on the file suffix, so the temporary name keeps it.
+    suffix = ".weights.h5" if weights_only else ".keras"
+    tmp = dest.with_name(f".tmp-{dest.name.removesuffix(suffix)}{suffix}")
+    if weights_only:
+        model.save_weights(tmp)
+    else:
+        model.save(tmp)
+    tmp.replace(dest)
+
+
+def save_checkpoint(work: Path, model: Any, progress: Progress, improved: bool) -> None:
+    """Files first, then the state that names them, then drop files no state names."""
+    epoch = progress.epochs_done
+    checkpoint = f"epoch-{epoch:04d}.keras"
+    _save_model_file(model, work / checkpoint)
+    progress.checkpoint = checkpoint
+    if improved:
+        best = f"best-{epoch:04d}.weights.h5"
+        _save_model_file(model, work / best, weights_only=True)
+        progress.best_weights = best
+    progress.save(work)
+    keep = {STATE_FILE, progress.checkpoint, progress.best_weights}
+    for path in work.iterdir():
+        if path.name not in keep:
+            path.unlink(missing_ok=True)
+
+
+# --------------------------------------------------------------------------- MLflow
+
+
+def git_commit(root: Path) -> str | None:
+    try:
+        found = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return found.stdout.strip() if found.returncode == 0 else None
+
+
+def run_tags(cfg: Config, manifest: Mapping[str, Any], manifest_sha: str, placement: Placement):
+    tags = {
+        "source": str(manifest.get("source", cfg.download.source)),
+        "manifest_sha256": manifest_sha,
+        "splits_sha256": str(manifest.get("splits_sha256", "")),
+        "heads": cfg.train.heads,
+        "device": placement.device,
+        "strategy": placement.strategy_name,
+        "replicas": str(placement.replicas),
+        "mixed_precision": str(placement.mixed_precision).lower(),
+        "deterministic": str(placement.device.startswith("CPU")).lower(),
+        "stage": "train",
+    }
+    commit = git_commit(cfg.paths.root)
+    if commit:
+        tags["git_commit"] = commit
+        tags["mlflow.source.git.commit"] = commit
+    return tags
+
+
+def start_mlflow_run(progress: Progress, work: Path) -> tuple[Any, bool]:
+    """Continue the checkpoint's MLflow run if it exists, else start a new one (linked)."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    if progress.run_id:
+        try:
+            mlflow.get_run(progress.run_id)
+            return mlflow.start_run(run_id=progress.run_id), False
+        except MlflowException:
+            log.warning("MLflow run %s is gone; starting a new run", progress.run_id)
+    previous = progress.run_id
+    run = mlflow.start_run(run_name=f"train-{time.strftime('%Y%m%d-%H%M%S')}")
+    if previous:
+        mlflow.set_tag("resumed_from_run", previous)
+    progress.run_id = run.info.run_id
+    progress.save(work)
+    return run, True
+
+
+def register(cfg: Config, model_dir: Path, run: Any) -> dict[str, Any]:
+    """Log the model in `model_dir` into the active run, register it as a new version of
+    `train.model_name`, point the alias `candidate` at it and tag it with its run and data."""
+    from mlflow import MlflowClient
+
+    from pipelines.generator import log_generator
+
+    name = cfg.train.model_name
+    manifest = storage.read_json(model_dir / "manifest.json")
+    # The generate stage's pyfunc: the registered model writes music, the Keras model inside.
+    info = log_generator(model_dir, registered_model_name=name)
+    version = str(info.registered_model_version)
+    client = MlflowClient()
+    client.set_registered_model_alias(name, CANDIDATE, version)
+    run_id = run.info.run_id
+    tags = {
+        "run_id": run_id,
+        "source": str(manifest.get("source", "")),
+        "splits_sha256": str(manifest.get("splits_sha256", "")),
+        "manifest_sha256": storage.file_digest(model_dir / "manifest.json", "sha256"),
+        "heads": cfg.train.heads,
+    }
+    for key, value in tags.items():
+        client.set_model_version_tag(name, version, key, value)
+    return {
+        "run_id": run_id,
+        "model_name": name,
+        "model_version": version,
+        "model_uri": f"models:/{name}/{version}",
+    }
+
+
+# --------------------------------------------------------------------------- outputs
+
+
+def history_columns(history: list[dict[str, float]]) -> list[str]:
+    """epoch, loss, val_loss, then per head its loss and accuracy, train before val."""
+    keys = {k for row in history for k in row}
+    heads = [h for h in HEADS if f"{h}_loss" in keys]
+    order = ["epoch", "loss", "val_loss"]
+    order += [f"{p}{h}_{m}" for h in heads for m in ("loss", "accuracy") for p in ("", "val_")]
+    return [k for k in order if k in keys] + sorted(keys - set(order))
+
+
+def write_history(path: Path, history: list[dict[str, float]]) -> None:
+    columns = history_columns(history)
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        for row in history:
+            writer.writerow({"epoch": int(row["epoch"]), **{k: row.get(k) for k in columns[1:]}})
+
+
+def plot_losses(path: Path, history: list[dict[str, float]], heads: tuple[str, ...]) -> None:
+    """Train vs val loss per epoch: the total and one panel per head."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    epochs = [int(row["epoch"]) for row in history]
+    panels = ("", *heads)
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.0), squeeze=False)
+    for ax, head in zip(axes[0], panels, strict=True):
+        key = f"{head}_loss" if head else "loss"
+        ax.plot(epochs, [row.get(key, np.nan) for row in history], "o-", label="train")
+        ax.plot(epochs, [row.get(f"val_{key}", np.nan) for row in history], "s--", label="val")
+        ax.set_title(head or "total (weighted)")
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("loss")
+    axes[0][0].legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def train_metrics(
+    progress: Progress, heads: tuple[str, ...], placement: Placement
+) -> dict[str, Any]:
+    last = progress.history[-1]
+    best = next(r for r in progress.history if int(r["epoch"]) == progress.best_epoch)
+    seconds = float(sum(progress.seconds))
+    windows = int(sum(progress.windows))
+    return {
+        "epochs": len(progress.history),
+        "best_epoch": progress.best_epoch,
+        "stopped_early": progress.stopped,
+        "seconds": round(seconds, 2),
+        "windows_per_s": round(windows / seconds, 1) if seconds > 0 else None,
+        "device": placement.device,
+        "strategy": placement.strategy_name,
+        "mixed_precision": placement.mixed_precision,
+        "final": {k: last[k] for k in ["loss", "val_loss", *_loss_keys(heads)]},
+        "best": {k: best[k] for k in ["val_loss", *(f"val_{h}_loss" for h in heads)]},
+    }
+
+
+def _loss_keys(heads: tuple[str, ...]) -> list[str]:
+    return [f"{p}{h}_loss" for h in heads for p in ("", "val_")]
+
+
+class _BatchProgress:
+    """A tqdm bar over one epoch's batches, on stderr (shown only on a terminal)."""
+
+    def __init__(self, total: int, desc: str) -> None:
+        import keras
+        from tqdm import tqdm
+
+        bar = tqdm(total=total, desc=desc, unit="batch", disable=None, leave=False)
+        self.bar = bar
+        self.batches = 0
+
+        class Callback(keras.callbacks.Callback):
+            def on_train_batch_end(cb, batch: int, logs: dict[str, Any] | None = None) -> None:
+                self.batches += 1
+                bar.update(1)
+                if logs and self.batches % 20 == 0:
+                    bar.set_postfix(loss=f"{float(logs.get('loss', np.nan)):.3f}")
+
+        self.callback = Callback()
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+# --------------------------------------------------------------------------- the stage
+
+
+def run(cfg: Config) -> dict[str, Any]:
+    import keras
+    import mlflow
+    import tensorflow as tf
+
+    manifest, manifest_sha = read_shards_manifest(cfg)
+    work = storage.work_dir(cfg.paths.work, "train", work_key(cfg, manifest_sha))
+    progress = Progress.load(work)
+
+    keras.backend.clear_session()
+    keras.utils.set_random_seed(cfg.train.seed)
+    placement = choose_placement(cfg.train.mixed_precision)
+    if placement.device.startswith("CPU"):
+        # Same params, same val loss. Not on GPUs: some of their kernels have no deterministic
+        # version, and TensorFlow raises rather than run them once determinism is on.
+        tf.config.experimental.enable_op_determinism()
+    with placement.strategy.scope():
+        if progress.checkpoint and (work / progress.checkpoint).exists():
+            model = load_model(work / progress.checkpoint)
+            log.info("resuming training after epoch %d (%s)", progress.epochs_done, work)
+        else:
+            progress = Progress(run_id=progress.run_id)
+            model = build_model(cfg.train, manifest)
+    heads = head_names(cfg.train.heads)
+    steps = steps_per_epoch(cfg, manifest)
+
+    tracking.setup(cfg.paths)
+    run_, is_new = start_mlflow_run(progress, work)
+    with run_:
+        if is_new:
+            mlflow.log_params(cfg.flat())
+            mlflow.set_tags(run_tags(cfg, manifest, manifest_sha, placement))
+        val = val_windows(cfg, manifest)
+        for epoch in range(progress.epochs_done + 1, cfg.train.epochs + 1):
+            if progress.stopped:
+                break
+            bar = _BatchProgress(steps, f"epoch {epoch}/{cfg.train.epochs}")
+            reseed_dropout(model, cfg.train.seed, epoch)
+            started = time.perf_counter()
+            with warnings.catch_warnings():
+                # Keras says so after every validation pass over a dataset of unknown length.
+                warnings.filterwarnings("ignore", message="Your input ran out of data")
+                fit = model.fit(
+                    train_windows(cfg, manifest, epoch),
+                    validation_data=val,
+                    initial_epoch=epoch - 1,
+                    epochs=epoch,
+                    steps_per_epoch=cfg.train.steps_per_epoch or None,
+                    callbacks=[bar.callback],
+                    shuffle=False,  # the reader shuffles, by a seed per epoch
+                    verbose=0,
+                )
+            seconds = time.perf_counter() - started
+            bar.close()
+            row = {"epoch": float(epoch)} | {k: float(v[-1]) for k, v in fit.history.items()}
+            windows = min(bar.batches * cfg.train.batch_size, _epoch_windows(cfg, manifest))
+            progress.history.append(row)
+            progress.seconds.append(seconds)
+            progress.windows.append(windows)
+            progress.epochs_done = epoch
+            improved = progress.update_early_stopping(epoch, row["val_loss"], cfg.train.patience)
+            mlflow.log_metrics(
+                {k: v for k, v in row.items() if k != "epoch"}
+                | {"epoch_seconds": seconds, "windows_per_s": windows / max(seconds, 1e-9)},
+                step=epoch,
+            )
+            save_checkpoint(work, model, progress, improved)
+            log.info(
+                "epoch %d: loss %.4f, val_loss %.4f (%.1f s)",
+                epoch,
+                row["loss"],
+                row["val_loss"],
+                seconds,
+            )
+
+        if progress.best_weights and progress.best_epoch != progress.epochs_done:
+            model.load_weights(work / progress.best_weights)
+        metrics = train_metrics(progress, heads, placement)
+        mlflow.log_metrics(
+            {f"best_{k}": v for k, v in metrics["best"].items()}
+            | {"best_epoch": progress.best_epoch}
+        )
+        info = _write_outputs(cfg, model, manifest, progress, heads, metrics, run_)
+    shutil.rmtree(work, ignore_errors=True)  # finished: the next run with these params starts anew
+    log.info(
+        "Trained %d epochs on %s (best epoch %d, val loss %.4f) in %.0f s at %s windows/s. "
+        "Wrote %s (model.keras, history.csv, manifest.json, run.json) and %s. MLflow run %s; "
+        "registered %s version %s with alias %s.",
+        metrics["epochs"],
+        placement.device,
+        progress.best_epoch,
+        progress.best_val_loss,
+        metrics["seconds"],
+        metrics["windows_per_s"],
+        cfg.paths.model,
+        cfg.paths.metrics / "train.json",
+        info["run_id"],
+        info["model_name"],
+        info["model_version"],
+        CANDIDATE,
+    )
+    return metrics
+
+
+def _epoch_windows(cfg: Config, manifest: Mapping[str, Any]) -> int:
+    if cfg.train.steps_per_epoch:
+        return cfg.train.steps_per_epoch * cfg.train.batch_size
+    return int(manifest["splits"]["train"]["windows"])
+
+
+def _write_outputs(
+    cfg: Config,
+    model: Any,
+    manifest: Mapping[str, Any],
+    progress: Progress,
+    heads: tuple[str, ...],
+    metrics: dict[str, Any],
+    run_: Any,
+) -> dict[str, Any]:
+    """data/model/ as one atomic folder (registered from it before it lands), then train.json."""
+    import mlflow
+
+    with storage.atomic_dir(cfg.paths.model) as tmp:
+        model.save(tmp / "model.keras")
+        shutil.copy2(cfg.paths.shards / "manifest.json", tmp / "manifest.json")
+        write_history(tmp / "history.csv", progress.history)
+        (tmp / "summary.txt").write_text(summary_text(model))
+        plot_losses(tmp / "loss_curves.png", progress.history, heads)
+        for name in ("loss_curves.png", "summary.txt", "history.csv", "manifest.json"):
+            mlflow.log_artifact(str(tmp / name))
+        info = register(cfg, tmp, run_)
+        storage.write_json(tmp / "run.json", info)
+    storage.write_json(cfg.paths.metrics / "train.json", metrics)
+    return info
