@@ -231,6 +231,8 @@ def ticks_to_seconds(ticks: np.ndarray, tempos: list[tuple[int, int]], tpb: int)
     starts, mspq = tempo_map(tempos)
     seconds_per_tick = mspq / 1e6 / tpb
     segment_seconds = np.concatenate([[0.0], np.cumsum(np.diff(starts) * seconds_per_tick[:-1])])
+    if len(starts) == 1:  # one tempo for the whole file, as in most
+        return ticks * seconds_per_tick[0]
     index = np.searchsorted(starts, ticks, side="right") - 1
     return segment_seconds[index] + (ticks - starts[index]) * seconds_per_tick[index]
 
@@ -240,8 +242,24 @@ def note_order(
 ) -> np.ndarray:
     """Sort by track, start, pitch, then end and velocity: a total order on the notes' content,
     so both parsers' outputs sort to the same rows whatever order they came in."""
-    # Packed keys (track < 2**15, start <= MAX_TICK < 2**24, pitch < 2**7) sort several times
-    # faster than lexsort; only notes that tie on the first (doubled notes) need the second.
+    # One packed key holds all five where it fits in 63 bits (nearly always: a file needs
+    # 2**10 tracks, 2**20 ticks and notes 2**12 ticks long to come near), and one stable sort
+    # of it (timsort, quick on the nearly sorted tracks parsers give) is ten times faster than
+    # lexsort. With start equal, the order of the duration is the order of the end.
+    duration = end - start
+    widths = [int(a.max()).bit_length() for a in (track, start, duration)]
+    in_range = min(int(duration.min()), int(pitch.min()), int(velocity.min())) >= 0
+    if in_range and max(int(pitch.max()), int(velocity.max())) < 128 and sum(widths) + 14 <= 63:
+        key = track << widths[1]
+        key |= start
+        key <<= 7
+        key |= pitch
+        key <<= widths[2]
+        key |= duration
+        key <<= 7
+        key |= velocity
+        return np.argsort(key, kind="stable")
+    # Packed keys (track < 2**15, start <= MAX_TICK < 2**24, pitch < 2**7) then ties.
     key = (track << 31) | (start << 7) | pitch
     order = np.argsort(key, kind="stable")
     if np.any(np.diff(key[order]) == 0):

@@ -18,6 +18,7 @@ import signal
 import struct
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -25,14 +26,14 @@ from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor
 from concurrent.futures import wait as wait_futures
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from pipelines import midi, storage
-from pipelines.archive import iter_members
-from pipelines.config import Config
-from pipelines.errors import LakhflowError
+from pipelines import midi
+
+if TYPE_CHECKING:
+    from pipelines.config import Config
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +43,9 @@ log = logging.getLogger(__name__)
 # `allocate` (grab memory in 64 MB steps up to four times parse.max_memory_mb).
 TEST_HOOK_ENV = "LAKHFLOW_PARSE_TEST_HOOK"
 
-WORK_FORMAT = 1  # bump when the work folder's layout changes: old work is then ignored
+WORK_FORMAT = 2  # bump when the work folder's layout changes: old work is then ignored
 WORKER_START_S = 120.0
+WRITE_S = 120.0  # time a worker gets to finish its batch file, after its last file's answer
 FLUSH_EVERY_S = 30.0
 HEADER = struct.Struct("<Q")
 FILE_FIELDS = (
@@ -51,13 +53,99 @@ FILE_FIELDS = (
     "n_notes", "n_tracks", "duration_s", "group",
 )  # fmt: skip
 
+# Quarter notes; the first bin [0, 1/64) holds the chords' zero steps. The last takes the rest.
+STEP_EDGES = np.concatenate([[0.0], np.geomspace(1 / 64, 64, 37)])
+DURATION_EDGES = STEP_EDGES
+
+# --------------------------------------------------------------------------- batch files
+#
+# A worker writes the notes of its batch straight into the work folder, one chunk per file
+# with notes: each column contiguous, widest first so every column stays aligned, padded to
+# 8 bytes. Only small per-file rows travel back to the stage, never the notes themselves.
+
+CHUNK_COLUMNS = (
+    "start", "end", "start_beat", "end_beat", "track", "program", "is_drum", "pitch", "velocity",
+)  # fmt: skip
+BYTES_PER_NOTE = sum(np.dtype(midi.COLUMN_DTYPES[name]).itemsize for name in CHUNK_COLUMNS)
+
+
+def chunk_size(n_notes: int) -> int:
+    return (n_notes * BYTES_PER_NOTE + 7) & ~7
+
+
+def write_chunk(stream: Any, columns: dict[str, np.ndarray]) -> int:
+    """Append one file's note columns to a batch file; returns the bytes written."""
+    n = len(columns["pitch"])
+    for name in CHUNK_COLUMNS:
+        stream.write(np.ascontiguousarray(columns[name], dtype=midi.COLUMN_DTYPES[name]).data)
+    pad = chunk_size(n) - n * BYTES_PER_NOTE
+    stream.write(b"\0" * pad)
+    return chunk_size(n)
+
+
+def read_chunk(data: bytes, n_notes: int) -> dict[str, np.ndarray]:
+    """The note columns of one chunk (views into `data`)."""
+    columns = {}
+    position = 0
+    for name in CHUNK_COLUMNS:
+        dtype = np.dtype(midi.COLUMN_DTYPES[name])
+        columns[name] = np.frombuffer(data, dtype=dtype, count=n_notes, offset=position)
+        position += n_notes * dtype.itemsize
+    return columns
+
+
+class NoteHistograms:
+    """Pitch, step, duration and program counts; workers count their files, the stage adds up."""
+
+    def __init__(self, counts: dict[str, Any] | None = None) -> None:
+        counts = counts or {}
+        self.pitch = np.asarray(counts.get("pitch", np.zeros(128)), dtype=np.int64)
+        self.programs = np.asarray(counts.get("programs", np.zeros(128)), dtype=np.int64)
+        self.drums = int(counts.get("drums", 0))
+        self.step = np.asarray(counts.get("step", np.zeros(len(STEP_EDGES) - 1)), dtype=np.int64)
+        self.duration = np.asarray(
+            counts.get("duration", np.zeros(len(DURATION_EDGES) - 1)), dtype=np.int64
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "pitch": self.pitch.tolist(),
+            "programs": self.programs.tolist(),
+            "drums": self.drums,
+            "step": self.step.tolist(),
+            "duration": self.duration.tolist(),
+        }
+
+    def merge(self, other: NoteHistograms) -> None:
+        for name in ("pitch", "programs", "step", "duration"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.drums += other.drums
+
+    def add(self, col: dict[str, np.ndarray]) -> None:
+        """Count one file's notes (sorted by track, start, pitch)."""
+        if len(col["pitch"]) == 0:
+            return
+        self.pitch += np.bincount(col["pitch"].astype(np.intp), minlength=128)
+        drum = col["is_drum"]
+        self.drums += int(drum.sum())
+        self.programs += np.bincount(col["program"][~drum].astype(np.intp), minlength=128)
+        beats = col["start_beat"].astype(np.float64)
+        steps = np.diff(beats)[col["track"][1:] == col["track"][:-1]]
+        self.step += _counts(steps, STEP_EDGES)
+        self.duration += _counts(col["end_beat"] - beats, DURATION_EDGES)
+
+
+def _counts(values: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    index = np.clip(np.searchsorted(edges, values, side="right") - 1, 0, len(edges) - 2)
+    return np.bincount(index, minlength=len(edges) - 1)
+
+
 # --------------------------------------------------------------------------- the worker process
 
 
 def _write_frame(stream: Any, obj: Any) -> None:
     payload = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
-    stream.write(HEADER.pack(len(payload)))
-    stream.write(payload)
+    stream.write(HEADER.pack(len(payload)) + payload)
     stream.flush()
 
 
@@ -72,6 +160,8 @@ def _read_frame(stream: Any) -> Any:
 def _test_hook(name: str, max_memory_mb: int) -> None:
     """TEST HOOK (see TEST_HOOK_ENV): simulate a hang, a crash or a memory blow-up."""
     spec = os.environ.get(TEST_HOOK_ENV, "")
+    if not spec:
+        return
     base = PurePosixPath(name).name
     for item in filter(None, (s.strip() for s in spec.split(","))):
         action, _, pattern = item.partition(":")
@@ -92,17 +182,42 @@ def _test_hook(name: str, max_memory_mb: int) -> None:
 
 
 def parse_file(name: str, data: bytes, parser: Any, max_memory_mb: int) -> tuple:
-    """One file's outcome: ("ok", columns, n_tracks, duration_s) or ("error", type, message)."""
+    """One file's outcome: ("ok", FileNotes, histogram counts) or ("error", type, message)."""
     try:
         _test_hook(name, max_memory_mb)
         notes = midi.parse_midi(data, parser)
+        counts = NoteHistograms()
+        counts.add(notes.columns)
     except Exception as exc:  # every parser error (KeySignatureError is a bare Exception)
         return ("error", type(exc).__name__, str(exc).splitlines()[0][:300] if str(exc) else "")
-    return ("ok", notes.columns, notes.n_tracks, notes.duration_s)
+    return ("ok", notes, counts)
+
+
+def parse_to_file(
+    path: str, files: list[tuple[int, str, bytes]], parser: Any, max_memory_mb: int, answer: Any
+) -> NoteHistograms:
+    """Parse a batch into the batch file at `path`, answering one row per file as it goes."""
+    totals = NoteHistograms()
+    tmp = f"{path}.{os.getpid()}.tmp"
+    offset = 0
+    with open(tmp, "wb") as out:
+        for index, name, data in files:
+            outcome = parse_file(name, data, parser, max_memory_mb)
+            if outcome[0] != "ok":
+                answer((index, *outcome))
+                continue
+            notes, counts = outcome[1], outcome[2]
+            row = (index, "ok", notes.n_notes, notes.n_tracks, notes.duration_s, offset)
+            if notes.n_notes:
+                offset += write_chunk(out, notes.columns)
+                totals.merge(counts)
+            answer(row)
+    Path(tmp).replace(path)
+    return totals
 
 
 def worker_main() -> None:
-    """The parse worker: reads batches on stdin, answers one frame per file on stdout."""
+    """The parse worker: reads (batch file, files) requests on stdin, answers on stdout."""
     parser, max_memory_mb = sys.argv[1], int(sys.argv[2])
     import warnings
 
@@ -122,11 +237,18 @@ def worker_main() -> None:
     stdin = sys.stdin.buffer
     _write_frame(protocol_out, ("ready", os.getpid()))
     while True:
-        batch = _read_frame(stdin)
-        if batch is None:
+        request = _read_frame(stdin)
+        if request is None:
             return
-        for index, name, data in batch:
-            _write_frame(protocol_out, (index, *parse_file(name, data, parser, max_memory_mb)))
+        path, files = request
+        try:
+            counts = parse_to_file(
+                path, files, parser, max_memory_mb, lambda row: _write_frame(protocol_out, row)
+            )
+        except OSError as exc:  # the disk, not a file: the stage stops with this message
+            _write_frame(protocol_out, ("fatal", f"cannot write {path}: {exc}"))
+            return
+        _write_frame(protocol_out, ("written", counts.to_json()))
 
 
 # --------------------------------------------------------------------------- supervising workers
@@ -137,6 +259,15 @@ class WorkerSettings:
     parser: str
     timeout_s: float
     max_memory_mb: int
+
+
+@dataclass
+class BatchResult:
+    """A parsed batch: one outcome per file, the notes' counts, and (from Dask) the batch file."""
+
+    outcomes: list[tuple]
+    counts: dict[str, Any]
+    data: bytes | None = None
 
 
 class WorkerGone(Exception):
@@ -153,6 +284,8 @@ class ParseWorker:
 
     def start(self) -> None:
         if _STOPPING.is_set():
+            from pipelines.errors import LakhflowError
+
             raise LakhflowError("the parse stage is stopping")
         code = "from pipelines.parse import worker_main; worker_main()"
         env = dict(os.environ, OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
@@ -168,7 +301,7 @@ class ParseWorker:
         ready = self._read(WORKER_START_S)
         if not isinstance(ready, tuple) or ready[0] != "ready":
             self.stop()
-            raise LakhflowError(f"a parse worker failed to start ({self._describe_exit()})")
+            raise _error(f"a parse worker failed to start ({self._describe_exit()})")
 
     def stop(self) -> None:
         if self.proc is None:
@@ -232,44 +365,74 @@ class ParseWorker:
                 raise WorkerGone(self._describe_exit())
             self.buffer += chunk
 
-    def parse_batch(self, files: list[tuple[str, bytes]]) -> list[tuple]:
-        """Each file's outcome, in order; a file that kills or hangs the worker is quarantined."""
-        outcomes: list[tuple | None] = [None] * len(files)
-        failed_sends = 0
-        while (pending := [i for i, o in enumerate(outcomes) if o is None]) != []:
+    def _kill_after(self, path: str, reason: str) -> None:
+        pid = self.proc.pid if self.proc else None
+        self.stop()
+        if pid is not None:
+            with contextlib.suppress(OSError):
+                Path(f"{path}.{pid}.tmp").unlink()  # the dead worker's unfinished batch file
+        log.debug("parse worker stopped: %s", reason)
+
+    def parse_batch(self, files: list[tuple[str, bytes]], path: str) -> BatchResult:
+        """Parse a batch into the batch file at `path`.
+
+        A file that kills or hangs the worker is quarantined, and the batch is sent again
+        without it to a new worker (the batch file must hold all the batch's notes).
+        """
+        bad: dict[int, tuple] = {}
+        failed_sends = failed_writes = 0
+        while True:
+            todo = [i for i in range(len(files)) if i not in bad]
+            if not todo:
+                with open(path, "wb"):
+                    pass  # no notes, but the batch file exists like any other
+                return BatchResult([bad[i] for i in range(len(files))], NoteHistograms().to_json())
             if self.proc is None or self.proc.poll() is not None:
                 self.stop()
                 self.start()
             assert self.proc is not None and self.proc.stdin is not None
             try:
-                _write_frame(self.proc.stdin, [(i, *files[i]) for i in pending])
+                _write_frame(self.proc.stdin, (path, [(i, *files[i]) for i in todo]))
             except OSError:
                 failed_sends += 1
                 if failed_sends > 3:
-                    raise LakhflowError(
-                        "parse workers keep dying before they read a batch"
-                    ) from None
+                    raise _error("parse workers keep dying before they read a batch") from None
                 self.stop()
                 continue
-            for i in pending:
+            got: dict[int, tuple] = {}
+            for i in todo:
                 try:
                     frame = self._read(self.settings.timeout_s)
                 except TimeoutError:
-                    outcomes[i] = (
-                        "error",
-                        "Timeout",
-                        f"parsing took over parse.timeout_s={self.settings.timeout_s:g} s",
-                    )
-                    self.stop()
+                    limit = f"parse.timeout_s={self.settings.timeout_s:g}"
+                    bad[i] = ("error", "Timeout", f"parsing took over {limit} s")
+                    self._kill_after(path, f"timeout on {files[i][0]}")
                     break
                 except WorkerGone as gone:
-                    outcomes[i] = ("error", "WorkerCrash", f"the parser process died ({gone})")
-                    self.stop()
+                    bad[i] = ("error", "WorkerCrash", f"the parser process died ({gone})")
+                    self._kill_after(path, f"crash on {files[i][0]}")
                     break
                 if frame[0] != i:
-                    raise LakhflowError(f"parse worker protocol error: got {frame[0]}, want {i}")
-                outcomes[i] = frame[1:]
-        return [o for o in outcomes if o is not None]
+                    raise _error(f"parse worker protocol error: got {frame[0]}, want {i}")
+                got[i] = frame[1:]
+            else:
+                try:
+                    done = self._read(self.settings.timeout_s + WRITE_S)
+                except (TimeoutError, WorkerGone) as exc:
+                    self._kill_after(path, f"lost while writing ({exc!r})")
+                    failed_writes += 1
+                    if failed_writes > 2:
+                        raise _error(f"a parse worker keeps dying while it writes {path}") from None
+                    continue
+                if done[0] != "written":
+                    raise _error(str(done[1]))
+                return BatchResult([bad.get(i) or got[i] for i in range(len(files))], done[1])
+
+
+def _error(message: str) -> Exception:
+    from pipelines.errors import LakhflowError
+
+    return LakhflowError(message)
 
 
 _THREAD_WORKERS = threading.local()
@@ -278,10 +441,13 @@ _ALL_WORKERS: list[ParseWorker] = []
 _ALL_LOCK = threading.Lock()
 
 
-def parse_batch(files: list[tuple[str, bytes]], settings: WorkerSettings) -> list[tuple]:
+def parse_batch(
+    files: list[tuple[str, bytes]], settings: WorkerSettings, path: str | None = None
+) -> BatchResult:
     """Parse a batch in this thread's worker process (started on first use, then reused).
 
-    This is what the local pool's threads and the Dask workers run.
+    This is what the local pool's threads and the Dask workers run. Without `path` (Dask,
+    where the stage's disk may be another machine's) the batch file comes back in the result.
     """
     worker = getattr(_THREAD_WORKERS, "worker", None)
     if worker is None or worker.settings != settings:
@@ -291,7 +457,17 @@ def parse_batch(files: list[tuple[str, bytes]], settings: WorkerSettings) -> lis
         _THREAD_WORKERS.worker = worker
         with _ALL_LOCK:
             _ALL_WORKERS.append(worker)
-    return worker.parse_batch(files)
+    if path is not None:
+        return worker.parse_batch(files, path)
+    handle, local = tempfile.mkstemp(prefix="lakhflow-parse-", suffix=".notes")
+    os.close(handle)
+    try:
+        result = worker.parse_batch(files, local)
+        result.data = Path(local).read_bytes()
+    finally:
+        with contextlib.suppress(OSError):
+            Path(local).unlink()
+    return result
 
 
 def close_workers() -> None:
@@ -305,12 +481,14 @@ def close_workers() -> None:
 class LocalPool:
     """Batches to `n` threads, each driving one worker process."""
 
+    remote = False
+
     def __init__(self, n: int, settings: WorkerSettings) -> None:
         self.settings = settings
         self.pool = ThreadPoolExecutor(n, thread_name_prefix="parse")
 
-    def submit(self, files: list[tuple[str, bytes]]) -> Any:
-        return self.pool.submit(parse_batch, files, self.settings)
+    def submit(self, files: list[tuple[str, bytes]], path: Path) -> Any:
+        return self.pool.submit(parse_batch, files, self.settings, str(path))
 
     def wait(self, futures: set[Any]) -> set[Any]:
         return set(wait_futures(futures, return_when=FIRST_COMPLETED).done)
@@ -334,9 +512,10 @@ class DaskPool:
         try:
             self.client = Client(address, timeout=30)
         except (OSError, TimeoutError) as exc:
-            raise LakhflowError(f"cannot reach the Dask scheduler at {address} ({exc})") from None
+            raise _error(f"cannot reach the Dask scheduler at {address} ({exc})") from None
 
-    def submit(self, files: list[tuple[str, bytes]]) -> Any:
+    def submit(self, files: list[tuple[str, bytes]], path: Path) -> Any:
+        # The batch file travels back in the result: the cluster may not share this disk.
         return self.client.submit(parse_batch, files, self.settings, pure=False)
 
     def wait(self, futures: set[Any]) -> set[Any]:
@@ -364,93 +543,102 @@ class Batch:
 
 @dataclass
 class RunBuffer:
-    """Finished batches not yet on disk; flushed as one run (an Arrow file plus a JSON index)."""
+    """Finished batches not yet committed; flushed as one run (a JSON file)."""
 
     batches: list[int] = field(default_factory=list)
     rows: list[list[Any]] = field(default_factory=list)  # [seq, *FILE_FIELDS]
-    columns: list[dict[str, np.ndarray]] = field(default_factory=list)
-    index: list[list[int]] = field(default_factory=list)  # [seq, row offset, n_notes]
+    index: list[list[int]] = field(default_factory=list)  # [seq, batch, offset, n_notes]
+    counts: NoteHistograms = field(default_factory=NoteHistograms)
     notes: int = 0
     since: float = field(default_factory=time.monotonic)
 
 
 class RunStore:
-    """The stage's resumable state: finished runs under the work folder."""
+    """The stage's resumable state: batch files (written by the workers) and the runs, JSON
+    files that commit them. A batch file no run names is parsed again on resume."""
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
         self.folder.mkdir(parents=True, exist_ok=True)
         self.done_batches: set[int] = set()
         self.rows: dict[int, list[Any]] = {}
-        self.where: dict[int, tuple[int, int, int]] = {}  # seq -> (run, offset, n_notes)
+        self.where: dict[int, tuple[int, int, int]] = {}  # seq -> (batch, offset, n_notes)
+        self.counts = NoteHistograms()
         self.runs = 0
+        from pipelines import storage
+
         for meta_path in sorted(folder.glob("run-*.json")):
             meta = storage.read_json(meta_path)
             run = int(meta_path.stem.removeprefix("run-"))
-            self._add(run, meta)
+            self._add(meta)
             self.runs = max(self.runs, run + 1)
-        for stray in folder.glob("run-*.arrow"):
-            if not stray.with_suffix(".json").exists():
-                stray.unlink()  # killed between the two writes: its batches are parsed again
+        for stray in folder.glob("*.tmp"):
+            stray.unlink()  # a worker killed while writing
 
-    def _add(self, run: int, meta: dict[str, Any]) -> None:
+    def _add(self, meta: dict[str, Any]) -> None:
         self.done_batches.update(meta["batches"])
         for row in meta["rows"]:
             self.rows[row[0]] = row[1:]
-        for seq, offset, n in meta["index"]:
-            self.where[seq] = (run, offset, n)
+        for seq, batch, offset, n in meta["index"]:
+            self.where[seq] = (batch, offset, n)
+        self.counts.merge(NoteHistograms(meta["counts"]))
 
-    def arrow_path(self, run: int) -> Path:
-        return self.folder / f"run-{run:05d}.arrow"
+    def batch_path(self, batch: int) -> Path:
+        return self.folder / f"batch-{batch:06d}.notes"
 
     def flush(self, buffer: RunBuffer) -> None:
-        import pyarrow as pa
+        from pipelines import storage
 
         if not buffer.batches:
             return
-        run = self.runs
-        schema = notes_schema(with_file_id=False)
-        if buffer.columns:
-            arrays = [np.concatenate([c[name] for c in buffer.columns]) for name in schema.names]
-        else:
-            arrays = [np.zeros(0, dtype=midi.COLUMN_DTYPES[name]) for name in schema.names]
-        table = pa.Table.from_arrays(arrays, schema=schema)
-        with (
-            storage.atomic_path(self.arrow_path(run)) as tmp,
-            pa.OSFile(str(tmp), "wb") as sink,
-            pa.ipc.new_file(sink, schema) as writer,
-        ):
-            writer.write_table(table, max_chunksize=1 << 20)
-        meta = {"batches": buffer.batches, "rows": buffer.rows, "index": buffer.index}
-        # The JSON is the commit: a run without one is discarded on resume.
-        storage.write_json(self.folder / f"run-{run:05d}.json", meta)
-        self._add(run, meta)
+        meta = {
+            "batches": buffer.batches,
+            "rows": buffer.rows,
+            "index": buffer.index,
+            "counts": buffer.counts.to_json(),
+        }
+        # The JSON is the commit: batch files are complete before a run names them.
+        storage.write_json(self.folder / f"run-{self.runs:05d}.json", meta)
+        self._add(meta)
         self.runs += 1
 
+    def read_notes(self, seqs: list[int]) -> dict[str, np.ndarray]:
+        """The note columns of these files, concatenated in this order."""
+        pieces: dict[str, list[np.ndarray]] = {name: [] for name in CHUNK_COLUMNS}
+        handles: dict[int, int] = {}
+        try:
+            for seq in seqs:
+                batch, offset, n = self.where[seq]
+                if batch not in handles:
+                    handles[batch] = os.open(self.batch_path(batch), os.O_RDONLY)
+                data = os.pread(handles[batch], chunk_size(n), offset)
+                if len(data) < chunk_size(n):
+                    raise _error(f"{self.batch_path(batch)} is truncated; delete {self.folder}")
+                for name, column in read_chunk(data, n).items():
+                    pieces[name].append(column)
+        finally:
+            for handle in handles.values():
+                os.close(handle)
+        return {
+            name: np.concatenate(pieces[name])
+            if pieces[name]
+            else np.zeros(0, dtype=midi.COLUMN_DTYPES[name])
+            for name in CHUNK_COLUMNS
+        }
 
-def notes_schema(with_file_id: bool = True) -> Any:
-    from pipelines import schema
 
-    if with_file_id:
-        return schema.NOTES
-    import pyarrow as pa
-
-    return pa.schema([f for f in schema.NOTES if f.name != "file_id"])
-
-
-def add_batch(buffer: RunBuffer, batch: Batch, outcomes: list[tuple]) -> None:
+def add_batch(buffer: RunBuffer, batch: Batch, result: BatchResult) -> None:
     buffer.batches.append(batch.index)
-    for k, outcome in enumerate(outcomes):
+    buffer.counts.merge(NoteHistograms(result.counts))
+    for k, outcome in enumerate(result.outcomes):
         seq = batch.seqs[k]
         base = [batch.file_ids[k], batch.names[k], batch.sizes[k]]
         if outcome[0] == "ok":
-            columns, n_tracks, duration_s = outcome[1], outcome[2], outcome[3]
-            n = len(columns["pitch"])
+            n, n_tracks, duration_s, offset = outcome[1:5]
             status = "ok" if n else "empty"
             buffer.rows.append([seq, *base, status, None, None, n, n_tracks, duration_s])
             if n:
-                buffer.index.append([seq, buffer.notes, n])
-                buffer.columns.append(columns)
+                buffer.index.append([seq, batch.index, offset, n])
                 buffer.notes += n
         else:
             _, error_type, error = outcome
@@ -463,6 +651,8 @@ def add_batch(buffer: RunBuffer, batch: Batch, outcomes: list[tuple]) -> None:
 
 def source_key(source: Path) -> dict[str, Any]:
     """What identifies the input: the archive's md5 and size (a folder: its listing)."""
+    from pipelines import storage
+
     if source.is_dir():
         listing = [
             (p.relative_to(source).as_posix(), p.stat().st_size, p.stat().st_mtime_ns)
@@ -474,15 +664,17 @@ def source_key(source: Path) -> dict[str, Any]:
 
 
 def batches_of(
-    source: Path, max_bytes: int, batch_files: int, duplicate: Callable[[int, Any, str], None]
+    source: Path, max_bytes: int, batch_files: int, duplicate: Callable[[int, Any, str, str], None]
 ) -> Iterator[Batch]:
     """Stream the members, number them, set duplicates aside, and group the rest in batches."""
+    from pipelines.archive import iter_members
+
     seen: dict[str, str] = {}
     current = Batch(0, [], [], [], [], [], [])
     for seq, member in enumerate(iter_members(source, max_bytes)):
         file_id = hashlib.md5(member.data).hexdigest()
         if file_id in seen:
-            duplicate(seq, member, seen[file_id])
+            duplicate(seq, member, file_id, seen[file_id])
             continue
         seen[file_id] = member.name
         current.seqs.append(seq)
@@ -502,16 +694,29 @@ def run(cfg: Config) -> dict[str, Any]:
     p = cfg.parse
     source = cfg.paths.raw_archive(cfg.download.source)
     if not source.exists():
-        raise LakhflowError(f"{source} not found: run `lakhflow download` first")
+        raise _error(f"{source} not found: run `lakhflow download` first")
     started = time.perf_counter()
-    key = {
-        "source": source_key(source),
-        "parser": p.parser,
-        "batch_files": p.batch_files,
-        "timeout_s": p.timeout_s,
-        "max_memory_mb": p.max_memory_mb,
-        "format": WORK_FORMAT,
-    }
+    plotter = Plotter()
+    try:
+        key = {
+            "source": source_key(source),
+            "parser": p.parser,
+            "batch_files": p.batch_files,
+            "timeout_s": p.timeout_s,
+            "max_memory_mb": p.max_memory_mb,
+            "format": WORK_FORMAT,
+        }
+        return parse_all(cfg, source, key, plotter, started)
+    finally:
+        plotter.close()
+
+
+def parse_all(
+    cfg: Config, source: Path, key: dict[str, Any], plotter: Plotter, started: float
+) -> dict[str, Any]:
+    from pipelines import storage
+
+    p = cfg.parse
     work = storage.work_dir(cfg.paths.work, "parse", key)
     store = RunStore(work / "runs")
     resumed_batches = len(store.done_batches)
@@ -519,7 +724,7 @@ def run(cfg: Config) -> dict[str, Any]:
     workers = p.workers or os.cpu_count() or 1
     if p.executor == "dask":
         if not p.scheduler_address:
-            raise LakhflowError("parse.executor is dask but parse.scheduler_address is not set")
+            raise _error("parse.executor is dask but parse.scheduler_address is not set")
         dask_pool = DaskPool(p.scheduler_address, settings)
         workers = max(workers, len(dask_pool.client.scheduler_info().get("workers", {})))
         pool: LocalPool | DaskPool = dask_pool
@@ -530,8 +735,7 @@ def run(cfg: Config) -> dict[str, Any]:
 
     duplicates: dict[int, list[Any]] = {}
 
-    def duplicate(seq: int, member: Any, original: str) -> None:
-        file_id = hashlib.md5(member.data).hexdigest()
+    def duplicate(seq: int, member: Any, file_id: str, original: str) -> None:
         duplicates[seq] = [
             file_id, member.name, len(member.data), "duplicate", None,
             f"same bytes as {original}", 0, 0, 0.0, member.group,
@@ -548,7 +752,11 @@ def run(cfg: Config) -> dict[str, Any]:
         nonlocal parsed, buffer
         for future in done:
             batch = in_flight.pop(future)
-            add_batch(buffer, batch, future.result())
+            result: BatchResult = future.result()
+            if result.data is not None:
+                with storage.atomic_path(store.batch_path(batch.index)) as tmp:
+                    tmp.write_bytes(result.data)
+            add_batch(buffer, batch, result)
             parsed += len(batch.seqs)
             progress.update(len(batch.seqs))
         flush_due = time.monotonic() - buffer.since > FLUSH_EVERY_S
@@ -563,7 +771,8 @@ def run(cfg: Config) -> dict[str, Any]:
                 continue
             while len(in_flight) >= 2 * workers:
                 collect(pool.wait(set(in_flight)))
-            in_flight[pool.submit(list(zip(batch.names, batch.data, strict=True)))] = batch
+            files = list(zip(batch.names, batch.data, strict=True))
+            in_flight[pool.submit(files, store.batch_path(batch.index))] = batch
             batch.data = []  # the worker has the bytes now; keep memory bounded
         while in_flight:
             collect(pool.wait(set(in_flight)))
@@ -575,7 +784,7 @@ def run(cfg: Config) -> dict[str, Any]:
 
     rows = {**store.rows, **duplicates}
     with storage.atomic_dir(cfg.paths.notes) as out:
-        summary = write_outputs(out, store, rows, p.part_notes)
+        summary = write_outputs(out, store, rows, p.part_notes, plotter)
     elapsed = time.perf_counter() - started
     n_files = len(rows)
     metrics = {
@@ -586,36 +795,35 @@ def run(cfg: Config) -> dict[str, Any]:
         "parsed_files": parsed,
         "resumed_batches": resumed_batches,
         "seconds": round(elapsed, 3),
-        "files_per_s": round(n_files / max(parse_s, 1e-9), 1),
+        "files_per_s": round(n_files / max(elapsed, 1e-9), 1),
     }
     f = summary["files"]
     log.info(
-        "parse: %d files from %s with %s in %.1f s (%.0f files/s; %d parsed now, %d batches "
-        "resumed): %d ok, %d empty, %d duplicate, %d quarantined. Wrote %d notes (%.1f h of "
-        "music) in %d part(s), files.parquet, stats.json and plots to %s.",
-        n_files, source.name, p.parser, elapsed, metrics["files_per_s"], parsed,
-        resumed_batches, f["ok"], f["empty"], f["duplicate"], f["quarantined"],
-        summary["notes"], summary["hours"], summary["parts"], cfg.paths.notes,
+        "parse: %d files from %s with %s in %.1f s (%.0f files/s; parsing %.1f s, writing "
+        "%.1f s; %d parsed now, %d batches resumed): %d ok, %d empty, %d duplicate, "
+        "%d quarantined. Wrote %d notes (%.1f h of music) in %d part(s), files.parquet, "
+        "stats.json and plots to %s.",
+        n_files, source.name, p.parser, elapsed, metrics["files_per_s"], parse_s,
+        elapsed - parse_s, parsed, resumed_batches, f["ok"], f["empty"], f["duplicate"],
+        f["quarantined"], summary["notes"], summary["hours"], summary["parts"], cfg.paths.notes,
     )  # fmt: skip
     return metrics
 
 
 # --------------------------------------------------------------------------- the outputs
 
-# Quarter notes; the first bin [0, 1/64) holds the chords' zero steps. The last takes the rest.
-STEP_EDGES = np.concatenate([[0.0], np.geomspace(1 / 64, 64, 37)])
-DURATION_EDGES = STEP_EDGES
-
 
 def write_outputs(
-    out: Path, store: RunStore, rows: dict[int, list[Any]], part_notes: int
+    out: Path, store: RunStore, rows: dict[int, list[Any]], part_notes: int, plotter: Plotter
 ) -> dict[str, Any]:
-    """Files table, note parts sorted by file_id (gathered from the runs), stats and plots."""
+    """Files table, note parts sorted by file_id (gathered from the batch files), stats, plots."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from pipelines import schema
+    from pipelines import schema, storage
 
+    sample = min(store.where, default=None)  # the first parsed file in archive order
+    plotter.draw(out / "plots", store, sample, rows)
     ordered = [rows[seq] for seq in sorted(rows)]
     files = pa.Table.from_arrays(
         [pa.array([r[i] for r in ordered], type=schema.FILES.field(i).type) for i in range(10)],
@@ -633,103 +841,47 @@ def write_outputs(
             part_size = 0
         parts[-1].append((file_id, seq))
         part_size += n
-    histograms = NoteHistograms()
-    # Two parts at a time: pyarrow's take, compression and writes release the GIL.
+    stats = file_stats(ordered, store.counts)
+    stats["parts"] = len(parts)
+    storage.write_json(out / "stats.json", stats)
+    # Two parts at a time: Parquet encoding and compression release the GIL.
     with ThreadPoolExecutor(2, thread_name_prefix="parts") as writers:
         jobs = [
             writers.submit(write_part, out / f"notes-{k:05d}.parquet", part, store)
             for k, part in enumerate(parts)
         ]
         for job in jobs:
-            histograms.merge(job.result())
-
-    stats = file_stats(ordered, histograms)
-    stats["parts"] = len(parts)
-    storage.write_json(out / "stats.json", stats)
-    sample = min(store.where, default=None)  # the first parsed file in archive order
-    draw_plots(out / "plots", histograms, store, sample, rows)
+            job.result()
+    plotter.wait()
     return stats
 
 
-def spans(offsets: np.ndarray, sizes: np.ndarray) -> np.ndarray:
-    """The row numbers of consecutive spans [offset, offset + size), concatenated."""
-    total = int(sizes.sum())
-    starts = np.repeat(offsets - np.concatenate([[0], np.cumsum(sizes)[:-1]]), sizes)
-    return starts + np.arange(total, dtype=np.int64)
-
-
-def read_notes(store: RunStore, seqs: list[int]) -> Any:
-    """The note rows of these files (in this order) from their runs, without file_id."""
-    import pyarrow as pa
-
-    where = np.array([store.where[seq] for seq in seqs], dtype=np.int64).reshape(-1, 3)
-    if not len(where):
-        return notes_schema(False).empty_table()
-    pieces = []
-    piece_rows = np.zeros(len(seqs), dtype=np.int64)  # where each file's rows land in `pieces`
-    taken = 0
-    for run_id in np.unique(where[:, 0]):
-        mine = np.flatnonzero(where[:, 0] == run_id)
-        rows = spans(where[mine, 1], where[mine, 2])
-        with pa.memory_map(str(store.arrow_path(int(run_id)))) as source:
-            # take() copies, so nothing refers to the map once it is closed
-            pieces.append(pa.ipc.open_file(source).read_all().take(rows))
-        piece_rows[mine] = taken + np.concatenate([[0], np.cumsum(where[mine, 2])[:-1]])
-        taken += len(rows)
-    table = pa.concat_tables(pieces).combine_chunks()
-    return table.take(spans(piece_rows, where[:, 2]))
-
-
-def write_part(path: Path, part: list[tuple[str, int]], store: RunStore) -> NoteHistograms:
+def write_part(path: Path, part: list[tuple[str, int]], store: RunStore) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    table = read_notes(store, [seq for _, seq in part])
+    from pipelines import schema
+
+    columns = store.read_notes([seq for _, seq in part])
     sizes = np.array([store.where[seq][2] for _, seq in part], dtype=np.int64)
     file_index = np.repeat(np.arange(len(part), dtype=np.int32), sizes)
+    # Dictionary-encoded file_id, written as Parquet's dictionary page as is: no string column
+    # of one 32-character id per note is ever built. Readers get plain strings (schema.NOTES),
+    # since the Arrow schema is not stored and Parquet's own types say string, int8, ...
     ids = pa.DictionaryArray.from_arrays(
-        pa.array(file_index, type=pa.int32()), pa.array([f for f, _ in part], type=pa.string())
-    ).cast(pa.string())
-    table = table.add_column(0, "file_id", ids).cast(notes_schema())
-    pq.write_table(table, path, compression="zstd", row_group_size=256 * 1024)
-    hist = NoteHistograms()
-    hist.add(table, file_index)
-    return hist
-
-
-class NoteHistograms:
-    """Pitch, step, duration and program counts, accumulated part by part."""
-
-    def __init__(self) -> None:
-        self.pitch = np.zeros(128, dtype=np.int64)
-        self.programs = np.zeros(128, dtype=np.int64)
-        self.drums = 0
-        self.step = np.zeros(len(STEP_EDGES) - 1, dtype=np.int64)
-        self.duration = np.zeros(len(DURATION_EDGES) - 1, dtype=np.int64)
-
-    def merge(self, other: NoteHistograms) -> None:
-        for name in ("pitch", "programs", "step", "duration"):
-            setattr(self, name, getattr(self, name) + getattr(other, name))
-        self.drums += other.drums
-
-    def add(self, table: Any, file_index: np.ndarray) -> None:
-        if table.num_rows == 0:
-            return
-        col = {name: table.column(name).to_numpy() for name in table.column_names[1:]}
-        self.pitch += np.bincount(col["pitch"].astype(np.int64), minlength=128)
-        drum = col["is_drum"]
-        self.drums += int(drum.sum())
-        self.programs += np.bincount(col["program"][~drum].astype(np.int64), minlength=128)
-        beats = col["start_beat"].astype(np.float64)
-        same_track = (file_index[1:] == file_index[:-1]) & (col["track"][1:] == col["track"][:-1])
-        steps = np.diff(beats)[same_track]
-        self.step += _counts(steps, STEP_EDGES)
-        self.duration += _counts(col["end_beat"] - beats, DURATION_EDGES)
-
-
-def _counts(values: np.ndarray, edges: np.ndarray) -> np.ndarray:
-    index = np.clip(np.searchsorted(edges, values, side="right") - 1, 0, len(edges) - 2)
-    return np.bincount(index, minlength=len(edges) - 1)
+        pa.array(file_index), pa.array([f for f, _ in part], type=pa.string())
+    )
+    arrays = [ids, *(pa.array(columns[f.name], type=f.type) for f in list(schema.NOTES)[1:])]
+    table = pa.Table.from_arrays(arrays, names=schema.NOTES.names)
+    pq.write_table(
+        table,
+        path,
+        compression="zstd",
+        # dictionaries for the few-valued columns only: floats would fall back to plain anyway
+        use_dictionary=["file_id", "track", "program", "is_drum", "pitch", "velocity"],
+        row_group_size=256 * 1024,
+        store_schema=False,
+    )
 
 
 def program_names(hist: NoteHistograms) -> dict[str, int]:
@@ -769,12 +921,52 @@ def file_stats(rows: list[list[Any]], hist: NoteHistograms) -> dict[str, Any]:
     }
 
 
+class Plotter:
+    """Draws the plots in a process of its own, started with the stage: matplotlib's import
+    and drawing overlap the parsing and the part writing instead of adding to them."""
+
+    def __init__(self) -> None:
+        code = "from pipelines.parse import plotter_main; plotter_main()"
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", code], stdin=subprocess.PIPE, start_new_session=True
+        )
+
+    def draw(
+        self, folder: Path, store: RunStore, sample: int | None, rows: dict[int, list[Any]]
+    ) -> None:
+        notes, title = None, "no notes"
+        if sample is not None:
+            notes = store.read_notes([sample])
+            title = str(rows[sample][1])
+        assert self.proc.stdin is not None
+        try:
+            _write_frame(self.proc.stdin, (str(folder), store.counts.to_json(), notes, title))
+            self.proc.stdin.close()
+        except OSError:
+            pass  # it died: wait() says so
+
+    def wait(self) -> None:
+        if self.proc.wait() != 0:
+            raise _error(f"drawing the parse plots failed (exit status {self.proc.returncode})")
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+
+
+def plotter_main() -> None:
+    """The plotting process: imports matplotlib at once, then draws what arrives on stdin."""
+    from pipelines import plots  # noqa: F401  (the slow import, done while the stage parses)
+
+    request = _read_frame(sys.stdin.buffer)
+    if request is not None:
+        folder, counts, notes, title = request
+        draw_plots(Path(folder), NoteHistograms(counts), notes, title)
+
+
 def draw_plots(
-    folder: Path,
-    hist: NoteHistograms,
-    store: RunStore,
-    sample: int | None,
-    rows: dict[int, list[Any]],
+    folder: Path, hist: NoteHistograms, notes: dict[str, np.ndarray] | None, title: str
 ) -> None:
     from pipelines import plots
 
@@ -788,19 +980,17 @@ def draw_plots(
         log_x=True,
     )  # fmt: skip
     plots.bar_counts(program_names(hist), folder / "programs.png", "Notes per instrument")
-    if sample is None:
+    if notes is None:
         plots.piano_roll(
             np.zeros(0), np.zeros(0), np.zeros(0), folder / "piano_roll.png", "no notes"
         )
         return
-    notes = read_notes(store, [sample])
-    column = {name: notes.column(name).to_numpy() for name in notes.column_names}
-    order = np.argsort(column["start"], kind="stable")[:1000]  # the first 1000 in time
+    order = np.argsort(notes["start"], kind="stable")[:1000]  # the first 1000 in time
     plots.piano_roll(
-        column["pitch"][order],
-        column["start"][order],
-        column["end"][order],
+        notes["pitch"][order],
+        notes["start"][order],
+        notes["end"][order],
         folder / "piano_roll.png",
-        f"{rows[sample][1]}: first {len(order)} notes (seconds)",
-        velocity=column["velocity"][order],
+        f"{title}: first {len(order)} notes (seconds)",
+        velocity=notes["velocity"][order],
     )
