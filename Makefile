@@ -23,7 +23,7 @@ $(STAMP): requirements.lock pyproject.toml
 demo: setup
 	@git rev-parse --git-dir >/dev/null 2>&1 || { git init -q && git add -A && git -c user.name=lakhflow -c user.email=lakhflow@localhost commit -qm "lakhflow demo"; }
 	time dvc repro
-	@dvc metrics show
+	@lakhflow summary
 
 lint: setup
 	ruff check pipelines flows tests benchmarks

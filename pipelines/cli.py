@@ -17,16 +17,48 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import yaml
+
 from pipelines import config
-from pipelines.errors import LakhflowError
+from pipelines.errors import LakhflowError, ParamsError
 
 STAGES = ("download", "parse", "sequences", "train", "generate", "evaluate", "promote")
 log = logging.getLogger("lakhflow")
 
 
+TF_STAGES = {"sequences", "train", "generate", "evaluate", "flow", "serve"}
+
+
 def _quiet_tensorflow() -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
+
+
+def _import_tensorflow_quietly() -> None:
+    """Import TensorFlow and look for devices with stderr muted.
+
+    TensorFlow 2.21's C++ libraries print oneDNN and "no CUDA driver" notices before its logging
+    is configured, so TF_CPP_MIN_LOG_LEVEL cannot hide them; they are harmless. What they printed
+    is shown after all if the import fails.
+    """
+    import tempfile
+
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            import tensorflow as tf
+
+            tf.config.list_physical_devices()
+        except BaseException:
+            os.dup2(saved, 2)
+            captured.seek(0)
+            sys.stderr.write(captured.read().decode(errors="replace"))
+            raise
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
 
 
 def run_stage(stage: str, overrides: list[str] | None = None) -> dict[str, Any]:
@@ -98,6 +130,13 @@ def _ui_command(args: argparse.Namespace) -> int:
     return subprocess.call(cmd, cwd=cfg.paths.root)
 
 
+def _summary_command(args: argparse.Namespace) -> int:
+    from pipelines import summary
+
+    print(summary.summarize(config.load().paths))
+    return 0
+
+
 def _serve_command(args: argparse.Namespace) -> int:
     from flows import deployments
 
@@ -109,11 +148,24 @@ def _flow_command(args: argparse.Namespace) -> int:
     from flows import generate as generate_flow
     from flows import pipeline as pipeline_flow
 
-    if args.flow == "pipeline":
-        pipeline_flow.lakhflow_pipeline()
-    else:
-        generate_flow.batch_generate()
+    flow = (
+        pipeline_flow.lakhflow_pipeline if args.flow == "pipeline" else generate_flow.batch_generate
+    )
+    parameters = dict(_flow_parameter(text) for text in args.param)
+    unknown = set(parameters) - set(flow.parameters.properties)
+    if unknown:
+        known = ", ".join(flow.parameters.properties)
+        raise ParamsError(f"{flow.name} has no parameter {sorted(unknown)[0]!r}; it takes {known}")
+    flow(**parameters)
     return 0
+
+
+def _flow_parameter(text: str) -> tuple[str, Any]:
+    """`count=4` -> ("count", 4): a flow parameter, its value read as YAML."""
+    name, sep, raw = text.partition("=")
+    if not sep or not name.strip():
+        raise ParamsError(f"flow parameter {text!r} is not name=value (for example count=4)")
+    return name.strip(), yaml.safe_load(raw) if raw.strip() else None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -140,10 +192,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("ui", help="the MLflow UI for this project's store, on 127.0.0.1")
     p.add_argument("--port", type=int, default=5000)
     p.set_defaults(func=_ui_command)
+    p = sub.add_parser("summary", help="what the pipeline has built, in a few lines")
+    p.set_defaults(func=_summary_command)
     p = sub.add_parser("serve", help="serve the Prefect deployments with their schedules")
     p.set_defaults(func=_serve_command)
     p = sub.add_parser("flow", help="run a Prefect flow once")
     p.add_argument("flow", choices=["pipeline", "generate"])
+    p.add_argument(
+        "-p", "--param", action="append", default=[], metavar="NAME=VALUE",
+        help="a flow parameter, such as scheduler_address=tcp://127.0.0.1:8786 or count=4",
+    )  # fmt: skip
     p.set_defaults(func=_flow_command)
     return parser
 
@@ -152,6 +210,8 @@ def main(argv: list[str] | None = None) -> int:
     _quiet_tensorflow()
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     args = build_parser().parse_args(argv)
+    if args.command in TF_STAGES:
+        _import_tensorflow_quietly()
     if getattr(args, "model_uri", None):
         args.set.append(f"generate.model_uri={args.model_uri}")
     try:
