@@ -324,6 +324,7 @@ def run(cfg: Config) -> dict[str, Any]:
                 tmp / f"{stem}.png",
                 f"{stem}: {primed} primer notes + {len(piece) - primed} generated",
                 velocity=piece.velocity,
+                primer_end=float(start[primed]) if 0 < primed < len(piece) else None,
             )
             if wav:
                 write_wav(midi, tmp / f"{stem}.wav")

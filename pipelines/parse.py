@@ -991,6 +991,6 @@ def draw_plots(
         notes["start"][order],
         notes["end"][order],
         folder / "piano_roll.png",
-        f"{title}: first {len(order)} notes (seconds)",
+        f"{title}: first {len(order)} notes",
         velocity=notes["velocity"][order],
     )

@@ -36,8 +36,12 @@ def piano_roll(
     path: Path,
     title: str,
     velocity: np.ndarray | None = None,
+    primer_end: float | None = None,
 ) -> Path:
-    """Notes as bars (time across, pitch up); darker bars are louder when velocity is given."""
+    """Notes as bars (seconds across, pitch up); darker bars are louder when velocity is given.
+
+    `primer_end` shades the primer, so the generated continuation stands apart from it.
+    """
     pitch = np.asarray(pitch, dtype=np.float64)
     start = np.asarray(start, dtype=np.float64)
     end = np.asarray(end, dtype=np.float64)
@@ -59,7 +63,11 @@ def piano_roll(
         ax.add_collection(collection)
         ax.set_xlim(start.min(), max(end.max(), start.min() + 1e-6))
         ax.set_ylim(pitch.min() - 2, pitch.max() + 2)
-    ax.set_xlabel("time")
+    if primer_end is not None:
+        ax.axvspan(ax.get_xlim()[0], primer_end, color="0.9", zorder=0, label="primer")
+        ax.axvline(primer_end, color="0.4", linestyle="--", linewidth=1)
+        ax.legend(loc="upper right", frameon=False)
+    ax.set_xlabel("seconds")
     ax.set_ylabel("pitch (MIDI)")
     ax.set_title(title)
     return _save(fig, path)
