@@ -154,11 +154,11 @@ def _params_for_run(params_file: Path, overrides: list[str]) -> Iterator[None]:
     if not overrides:
         yield
         return
-    from pipelines.cli import _apply_to_params
+    from pipelines.cli import apply_to_params
 
     original = params_file.read_bytes()
     try:
-        _apply_to_params(params_file, overrides)
+        apply_to_params(params_file, overrides)
         yield
     finally:
         with atomic_path(params_file) as tmp:

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -84,14 +85,14 @@ def _preset_command(args: argparse.Namespace) -> int:
         cmd = ["dvc", "exp", "run", *[x for o in overrides for x in ("-S", o)]]
         return subprocess.call(cmd, cwd=cfg.paths.root)
     if args.apply:
-        _apply_to_params(cfg.paths.params, overrides)
+        apply_to_params(cfg.paths.params, overrides)
         print(f"applied preset {args.name} to {cfg.paths.params.name}: {len(overrides)} keys")
         return 0
     print(f"dvc exp run {sets}")
     return 0
 
 
-def _apply_to_params(path: Any, overrides: list[str]) -> None:
+def apply_to_params(path: Path, overrides: list[str]) -> None:
     """Write overrides into params.yaml, keeping its comments and order."""
     from ruamel.yaml import YAML
 
