@@ -40,7 +40,9 @@ log = logging.getLogger(__name__)
 # TEST HOOK, for the tests only: "action:pattern[,action:pattern...]" makes the worker misbehave
 # on the files whose name matches `pattern` (fnmatch on the base name). Actions: `sleep` (hang
 # for an hour), `sleep=<seconds>`, `abort` (os.abort(), as a segfaulting parser would die) and
-# `allocate` (grab memory in 64 MB steps up to four times parse.max_memory_mb).
+# `allocate` (grab memory in 64 MB steps up to four times parse.max_memory_mb), `stdout` (print
+# to stdout, as a chatty import or C code would) and `garble` (send the stage bytes that are
+# not a frame).
 TEST_HOOK_ENV = "LAKHFLOW_PARSE_TEST_HOOK"
 
 WORK_FORMAT = 2  # bump when the work folder's layout changes: old work is then ignored
@@ -48,6 +50,9 @@ WORKER_START_S = 120.0
 WRITE_S = 120.0  # time a worker gets to finish its batch file, after its last file's answer
 FLUSH_EVERY_S = 30.0
 HEADER = struct.Struct("<Q")
+# The worker's answers are small (a row per file, the batch's histograms): a larger length is
+# a stream out of step, never a frame to allocate for.
+MAX_FRAME = 16 << 20
 FILE_FIELDS = (
     "file_id", "path", "size", "status", "error_type", "error",
     "n_notes", "n_tracks", "duration_s", "group",
@@ -149,6 +154,21 @@ def _write_frame(stream: Any, obj: Any) -> None:
     stream.flush()
 
 
+def _send_frame(fd: int, obj: Any) -> None:
+    """The worker's answer, written whole to the answer pipe, or the worker dies.
+
+    Half a frame followed by another would put the stage's reading out of step, so a failure
+    here (MemoryError under RLIMIT_AS, say) ends the process: the stage sees a crash instead.
+    """
+    try:
+        payload = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+        view = memoryview(HEADER.pack(len(payload)) + payload)
+        while view:
+            view = view[os.write(fd, view) :]
+    except BaseException:
+        os._exit(70)
+
+
 def _read_frame(stream: Any) -> Any:
     head = stream.read(HEADER.size)
     if len(head) < HEADER.size:
@@ -173,6 +193,11 @@ def _test_hook(name: str, max_memory_mb: int) -> None:
             time.sleep(float(action.removeprefix("sleep=")))
         elif action == "abort":
             os.abort()
+        elif action == "stdout":
+            print("stray output", flush=True)
+            os.write(1, b"\x00" * 64)
+        elif action == "garble":
+            os.write(int(sys.argv[3]), b"not a frame, and then some")
         elif action == "allocate":
             hoard = []
             for _ in range(4 * max_memory_mb // 64):
@@ -217,8 +242,10 @@ def parse_to_file(
 
 
 def worker_main() -> None:
-    """The parse worker: reads (batch file, files) requests on stdin, answers on stdout."""
-    parser, max_memory_mb = sys.argv[1], int(sys.argv[2])
+    """The parse worker: reads (batch file, files) requests on stdin, answers on the pipe whose
+    fd is argv[3]. Its stdout is /dev/null: no print of an import or of C code can reach the
+    answers, as it could when they shared stdout."""
+    parser, max_memory_mb, answers = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
     import warnings
 
     warnings.filterwarnings("ignore")
@@ -226,16 +253,13 @@ def worker_main() -> None:
         import symusic  # noqa: F401
     else:
         import pretty_midi  # noqa: F401
-    # The protocol owns the real stdout; stray prints of C code go to stderr instead.
-    protocol_out = os.fdopen(os.dup(1), "wb")
-    os.dup2(2, 1)
     limit = max_memory_mb << 20
     with contextlib.suppress(ValueError, OSError):
         import resource
 
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     stdin = sys.stdin.buffer
-    _write_frame(protocol_out, ("ready", os.getpid()))
+    _send_frame(answers, ("ready", os.getpid()))
     while True:
         request = _read_frame(stdin)
         if request is None:
@@ -243,12 +267,12 @@ def worker_main() -> None:
         path, files = request
         try:
             counts = parse_to_file(
-                path, files, parser, max_memory_mb, lambda row: _write_frame(protocol_out, row)
+                path, files, parser, max_memory_mb, lambda row: _send_frame(answers, row)
             )
         except OSError as exc:  # the disk, not a file: the stage stops with this message
-            _write_frame(protocol_out, ("fatal", f"cannot write {path}: {exc}"))
+            _send_frame(answers, ("fatal", f"cannot write {path}: {exc}"))
             return
-        _write_frame(protocol_out, ("written", counts.to_json()))
+        _send_frame(answers, ("written", counts.to_json()))
 
 
 # --------------------------------------------------------------------------- supervising workers
@@ -274,13 +298,18 @@ class WorkerGone(Exception):
     pass
 
 
+class BadFrame(Exception):
+    """The worker sent bytes that are not a frame: it is killed, never trusted again."""
+
+
 class ParseWorker:
     """One worker process, restarted whenever a file kills it or runs past the time limit."""
 
     def __init__(self, settings: WorkerSettings) -> None:
         self.settings = settings
         self.proc: subprocess.Popen[bytes] | None = None
-        self.buffer = b""
+        self.answers = -1  # read end of the worker's answer pipe
+        self.buffer = b""  # answer bytes read but not yet taken; always starts at a frame
 
     def start(self) -> None:
         if _STOPPING.is_set():
@@ -289,30 +318,50 @@ class ParseWorker:
             raise LakhflowError("the parse stage is stopping")
         code = "from pipelines.parse import worker_main; worker_main()"
         env = dict(os.environ, OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-c", code, self.settings.parser, str(self.settings.max_memory_mb)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            env=env,
-            start_new_session=True,  # Ctrl-C reaches the stage, which then stops its workers
-        )
+        s = self.settings
+        # Answers come on a pipe of their own: the worker's stdout is /dev/null.
+        self.answers, write_end = os.pipe()
+        try:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-c", code, s.parser, str(s.max_memory_mb), str(write_end)],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                pass_fds=(write_end,),
+                env=env,
+                start_new_session=True,  # Ctrl-C reaches the stage, which then stops its workers
+            )
+        except BaseException:
+            os.close(self.answers)
+            self.answers = -1
+            raise
+        finally:
+            os.close(write_end)  # the worker's copy is the only one: its death means EOF
         self.buffer = b""
-        ready = self._read(WORKER_START_S)
+        try:
+            ready = self._read(WORKER_START_S)
+        except (TimeoutError, WorkerGone, BadFrame) as exc:
+            ready = exc
         if not isinstance(ready, tuple) or ready[0] != "ready":
+            detail = f"{ready!r}, " if isinstance(ready, BadFrame) else ""
             self.stop()
-            raise _error(f"a parse worker failed to start ({self._describe_exit()})")
+            raise _error(f"a parse worker failed to start ({detail}{self._describe_exit()})")
 
     def stop(self) -> None:
+        # What was read from this worker dies with it: a new one starts at a frame boundary.
+        self.buffer = b""
+        if self.answers >= 0:
+            with contextlib.suppress(OSError):
+                os.close(self.answers)
+            self.answers = -1
         if self.proc is None:
             return
         with contextlib.suppress(OSError):
             self.proc.kill()
         self.proc.wait()
-        for stream in (self.proc.stdin, self.proc.stdout):
-            with contextlib.suppress(OSError):
-                if stream:
-                    stream.close()
+        with contextlib.suppress(OSError):
+            if self.proc.stdin:
+                self.proc.stdin.close()
         self.proc = None
 
     def close(self) -> None:
@@ -338,32 +387,50 @@ class ParseWorker:
         return f"exit status {code}"
 
     def _read(self, timeout: float) -> Any:
-        """The next frame, or raises TimeoutError / WorkerGone."""
-        assert self.proc is not None and self.proc.stdout is not None
-        fd = self.proc.stdout.fileno()
+        """The next frame, or raises TimeoutError / WorkerGone / BadFrame.
+
+        A frame leaves the buffer only whole, so a timeout part way through one keeps the
+        buffer at a frame boundary (the callers kill the worker then anyway).
+        """
+        assert self.proc is not None and self.answers >= 0
         deadline = time.monotonic() + timeout
-        need = HEADER.size
-        have_header = False
         while True:
-            if len(self.buffer) >= need:
-                if have_header:
-                    payload, self.buffer = self.buffer[:need], self.buffer[need:]
-                    return pickle.loads(payload)
-                (need,) = HEADER.unpack(self.buffer[: HEADER.size])
-                self.buffer = self.buffer[HEADER.size :]
-                have_header = True
-                continue
+            need = HEADER.size
+            if len(self.buffer) >= HEADER.size:
+                (size,) = HEADER.unpack_from(self.buffer)
+                if size > MAX_FRAME:
+                    raise BadFrame(f"a frame of {size} bytes, over {MAX_FRAME}")
+                need += size
+                if len(self.buffer) >= need:
+                    payload = self.buffer[HEADER.size : need]
+                    self.buffer = self.buffer[need:]
+                    try:
+                        return pickle.loads(payload)
+                    except Exception as exc:
+                        raise BadFrame(f"an answer that does not unpickle: {exc!r}") from None
             left = deadline - time.monotonic()
             if left <= 0:
                 raise TimeoutError
-            ready, _, _ = select.select([fd], [], [], left)
+            ready, _, _ = select.select([self.answers], [], [], min(left, 1.0))
             if not ready:
-                raise TimeoutError
-            chunk = os.read(fd, max(need - len(self.buffer), 1 << 16))
+                # A dead worker whose pipe another process still holds (a fork) gives no EOF.
+                if self.proc.poll() is not None:
+                    raise WorkerGone(self._describe_exit())
+                continue
+            chunk = os.read(self.answers, max(need - len(self.buffer), 1 << 16))
             if not chunk:
                 self.proc.wait()
                 raise WorkerGone(self._describe_exit())
             self.buffer += chunk
+
+    def _read_row(self, i: int) -> tuple:
+        """File `i`'s row; a `fatal` answer stops the stage, anything else is a BadFrame."""
+        frame = self._read(self.settings.timeout_s)
+        if isinstance(frame, tuple) and len(frame) == 2 and frame[0] == "fatal":
+            raise _error(str(frame[1]))
+        if not isinstance(frame, tuple) or len(frame) < 2 or frame[0] != i:
+            raise BadFrame(f"wanted the row of file {i}, got {str(frame)[:80]}")
+        return frame
 
     def _kill_after(self, path: str, reason: str) -> None:
         pid = self.proc.pid if self.proc else None
@@ -402,7 +469,7 @@ class ParseWorker:
             got: dict[int, tuple] = {}
             for i in todo:
                 try:
-                    frame = self._read(self.settings.timeout_s)
+                    frame = self._read_row(i)
                 except TimeoutError:
                     limit = f"parse.timeout_s={self.settings.timeout_s:g}"
                     bad[i] = ("error", "Timeout", f"parsing took over {limit} s")
@@ -412,20 +479,25 @@ class ParseWorker:
                     bad[i] = ("error", "WorkerCrash", f"the parser process died ({gone})")
                     self._kill_after(path, f"crash on {files[i][0]}")
                     break
-                if frame[0] != i:
-                    raise _error(f"parse worker protocol error: got {frame[0]}, want {i}")
+                except BadFrame as garbled:
+                    # Its stream is out of step: nothing more it says can be trusted.
+                    bad[i] = ("error", "ProtocolError", f"the parser process sent {garbled}")
+                    self._kill_after(path, f"malformed answer on {files[i][0]}: {garbled}")
+                    break
                 got[i] = frame[1:]
             else:
                 try:
                     done = self._read(self.settings.timeout_s + WRITE_S)
-                except (TimeoutError, WorkerGone) as exc:
+                    if isinstance(done, tuple) and len(done) == 2 and done[0] == "fatal":
+                        raise _error(str(done[1]))
+                    if not isinstance(done, tuple) or len(done) != 2 or done[0] != "written":
+                        raise BadFrame(f"wanted the batch's counts, got {str(done)[:80]}")
+                except (TimeoutError, WorkerGone, BadFrame) as exc:
                     self._kill_after(path, f"lost while writing ({exc!r})")
                     failed_writes += 1
                     if failed_writes > 2:
                         raise _error(f"a parse worker keeps dying while it writes {path}") from None
                     continue
-                if done[0] != "written":
-                    raise _error(str(done[1]))
                 return BatchResult([bad.get(i) or got[i] for i in range(len(files))], done[1])
 
 

@@ -24,7 +24,7 @@ PARAMS = {
     "parse": {"workers": 2, "batch_files": 3, "part_notes": 1000},
 }
 CHORALES = ["bwv66.6", "bwv7.7", "bwv84.5", "bwv40.8"]
-HOOKED = ("hang.mid", "crash.mid", "hog.mid")
+HOOKED = ("hang.mid", "crash.mid", "hog.mid", "garbled.mid")
 
 
 # --------------------------------------------------------------------------- the test corpus
@@ -112,7 +112,8 @@ def build_corpus() -> dict[str, bytes]:
     members["broken/bad_header.mid"] = b"MThx" + chorales[1][4:]
     members["broken/huge_tick.mid"] = tiny_midi([(0, note), (50_000_000, end)])
     members["copies/bwv66.6.mid"] = chorales[0]  # a duplicate
-    # Valid files that the test hook makes hang, crash or eat memory (ok without the hook).
+    # Valid files that the test hook makes hang, crash, eat memory or send a malformed answer
+    # (ok without the hook).
     for k, name in enumerate(HOOKED):
         members[f"hooks/{name}"] = multitrack_midi(10 + k)
     return members
@@ -267,7 +268,7 @@ def test_pretty_midi_gives_the_same_tables(
 
 @pytest.fixture(scope="module")
 def hooked(corpus_archive: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One run where the TEST HOOK hangs, aborts and bloats one file each."""
+    """One run where the TEST HOOK hangs, aborts, bloats and garbles one file each."""
     root = new_project(
         tmp_path_factory.mktemp("hooked") / "project",
         corpus_archive,
@@ -275,7 +276,9 @@ def hooked(corpus_archive: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
         max_memory_mb=1024,
     )
     old = os.environ.get(parse.TEST_HOOK_ENV)
-    os.environ[parse.TEST_HOOK_ENV] = "sleep:hang.mid,abort:crash.mid,allocate:hog.mid"
+    os.environ[parse.TEST_HOOK_ENV] = (
+        "sleep:hang.mid,abort:crash.mid,allocate:hog.mid,garble:garbled.mid"
+    )
     try:
         run_stage(root)
     finally:
@@ -301,6 +304,36 @@ def test_hanging_file_is_quarantined_after_the_timeout(hooked: Path) -> None:
 def test_file_over_the_memory_bound_is_quarantined(hooked: Path) -> None:
     row = hooked_row(hooked, "hog.mid")
     assert (row["status"], row["error_type"]) == ("quarantined", "MemoryError")
+
+
+@pytest.mark.slow
+def test_malformed_answer_costs_only_its_file(hooked: Path) -> None:
+    # Bytes that are not a frame (its length field reads as petabytes) cost the worker and
+    # this file, never a MemoryError in the stage; the other hooked files keep their own fate.
+    row = hooked_row(hooked, "garbled.mid")
+    assert (row["status"], row["error_type"]) == ("quarantined", "ProtocolError")
+    assert "over" in row["error"]
+    files = files_table(hooked)
+    assert (files["status"] == "quarantined").sum() == EXPECTED["quarantined"] + len(HOOKED)
+
+
+def test_worker_answers_on_its_own_pipe_not_stdout(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A print to the worker's stdout (an import's, or C code's) must not reach the answers.
+    monkeypatch.setenv(parse.TEST_HOOK_ENV, "stdout:a.mid")
+    worker = parse.ParseWorker(parse.WorkerSettings("symusic", 30.0, 2048))
+    worker.start()
+    try:
+        assert worker.proc is not None and worker.proc.stdout is None
+        midi_bytes = tiny_midi(
+            [(0, mido.Message("note_on", note=60)), (480, mido.Message("note_off", note=60))]
+        )
+        result = worker.parse_batch([("a.mid", midi_bytes)], str(tmp_path / "batch.notes"))
+        assert result.outcomes[0][:2] == ("ok", 1)
+    finally:
+        worker.close()
+    assert worker.proc is None and worker.buffer == b""
 
 
 @pytest.mark.slow
