@@ -83,6 +83,10 @@ class FileNotes:
     n_tracks: int
     duration_s: float
     ticks_per_beat: int
+    # The notes' start and end in ticks (int64, in the columns' order): exact steps and
+    # durations for the histograms, without going back through the float32 beats.
+    start_ticks: np.ndarray | None = None
+    end_ticks: np.ndarray | None = None
 
     @property
     def n_notes(self) -> int:
@@ -230,11 +234,17 @@ def tempo_map(tempos: list[tuple[int, int]]) -> tuple[np.ndarray, np.ndarray]:
 def ticks_to_seconds(ticks: np.ndarray, tempos: list[tuple[int, int]], tpb: int) -> np.ndarray:
     starts, mspq = tempo_map(tempos)
     seconds_per_tick = mspq / 1e6 / tpb
-    segment_seconds = np.concatenate([[0.0], np.cumsum(np.diff(starts) * seconds_per_tick[:-1])])
     if len(starts) == 1:  # one tempo for the whole file, as in most
         return ticks * seconds_per_tick[0]
-    index = np.searchsorted(starts, ticks, side="right") - 1
-    return segment_seconds[index] + (ticks - starts[index]) * seconds_per_tick[index]
+    segment_seconds = np.concatenate([[0.0], np.cumsum(np.diff(starts) * seconds_per_tick[:-1])])
+    index = np.searchsorted(starts, ticks, side="right")
+    index -= 1
+    # segment_seconds + (ticks - segment start) * seconds_per_tick, the same operations in the
+    # same order (so the same floats), in place and with take(): twice as fast as fancy indexing
+    seconds = np.subtract(ticks, starts.take(index)).astype(np.float64)
+    seconds *= seconds_per_tick.take(index)
+    seconds += segment_seconds.take(index)
+    return seconds
 
 
 def note_order(
@@ -287,22 +297,31 @@ def assemble(tracks: list[TickTrack], tempos: list[tuple[int, int]], tpb: int) -
     pitch = np.concatenate([t.pitch for t in kept]).astype(np.int64)
     velocity = np.concatenate([t.velocity for t in kept]).astype(np.int64)
     order = note_order(track, start, pitch, end, velocity)
-    start, end, pitch, velocity, track = (a[order] for a in (start, end, pitch, velocity, track))
-    program = np.array([t.program for t in kept], dtype=np.int8)[track]
-    is_drum = np.array([t.is_drum for t in kept], dtype=np.bool_)[track]
+    # Track leads the sort and the tracks are already concatenated in order, so `track` (and
+    # with it program and is_drum) needs no reordering; the narrow columns are gathered narrow.
+    start, end = start.take(order), end.take(order)
+    pitch8 = pitch.astype(np.int8).take(order)
+    velocity8 = velocity.astype(np.int8).take(order)
+    program = np.repeat(np.array([t.program for t in kept], dtype=np.int8), sizes)
+    is_drum = np.repeat(np.array([t.is_drum for t in kept], dtype=np.bool_), sizes)
     seconds = ticks_to_seconds(np.concatenate([start, end]), tempos, tpb)
     n = len(start)
     columns: dict[str, np.ndarray] = {
         "track": track.astype(np.int16),
         "program": program,
         "is_drum": is_drum,
-        "pitch": pitch.astype(np.int8),
-        "velocity": velocity.astype(np.int8),
+        "pitch": pitch8,
+        "velocity": velocity8,
         "start": seconds[:n].astype(np.float32),
         "end": seconds[n:].astype(np.float32),
         "start_beat": (start / tpb).astype(np.float32),
         "end_beat": (end / tpb).astype(np.float32),
     }
     return FileNotes(
-        columns, n_tracks=len(kept), duration_s=float(seconds[n:].max()), ticks_per_beat=tpb
+        columns,
+        n_tracks=len(kept),
+        duration_s=float(seconds[n:].max()),
+        ticks_per_beat=tpb,
+        start_ticks=start,
+        end_ticks=end,
     )
