@@ -7,7 +7,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,6 +14,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
+from pipelines import storage
 from pipelines.errors import LakhflowError
 
 NOTE_FEATURES = ("pitch", "step", "duration", "velocity")
@@ -35,7 +35,7 @@ def read_manifest(shard_dir: Path) -> dict[str, Any]:
     path = Path(shard_dir) / "manifest.json"
     if not path.exists():
         raise LakhflowError(f"{path} not found; run `lakhflow sequences` first")
-    manifest: dict[str, Any] = json.loads(path.read_text())
+    manifest: dict[str, Any] = storage.read_json(path)
     return manifest
 
 

@@ -5,15 +5,15 @@ Reads the metrics files the stages write; a stage that has not run yet is left o
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
+from pipelines import storage
 from pipelines.config import Paths
 
 
 def _read(path: Path) -> dict[str, Any] | None:
-    return json.loads(path.read_text()) if path.exists() else None
+    return storage.read_json(path) if path.exists() else None
 
 
 def summarize(paths: Paths) -> str:
