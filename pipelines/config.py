@@ -62,10 +62,9 @@ class Download(Section):
 class Parse(Section):
     parser: Literal["symusic", "pretty_midi"] = "symusic"
     workers: int = Field(0, ge=0, description="worker processes (0: cores)")
-    batch_files: int = Field(64, ge=1, le=100_000)
+    part_files: int = Field(64, ge=1, le=100_000, description="files per batch and Parquet part")
     timeout_s: float = Field(30.0, gt=0)
     max_memory_mb: int = Field(2048, ge=64)
-    part_notes: int = Field(2_000_000, ge=1000)
     executor: Literal["local", "dask"] = "local"
     scheduler_address: str | None = None
 

@@ -8,15 +8,48 @@ from __future__ import annotations
 
 import re
 
-from pretty_midi import constants
-
 from pipelines.errors import ParamsError
 
 N_PROGRAMS = 128
+# General MIDI level 1 program names (the GM 1 sound set; pretty_midi's INSTRUMENT_MAP),
+# written out so that naming a program does not import pretty_midi and its FluidSynth probe.
+# fmt: off
+GM_PROGRAMS: tuple[str, ...] = (
+    "Acoustic Grand Piano", "Bright Acoustic Piano", "Electric Grand Piano", "Honky-tonk Piano",
+    "Electric Piano 1", "Electric Piano 2", "Harpsichord", "Clavinet", "Celesta", "Glockenspiel",
+    "Music Box", "Vibraphone", "Marimba", "Xylophone", "Tubular Bells", "Dulcimer",
+    "Drawbar Organ", "Percussive Organ", "Rock Organ", "Church Organ", "Reed Organ", "Accordion",
+    "Harmonica", "Tango Accordion", "Acoustic Guitar (nylon)", "Acoustic Guitar (steel)",
+    "Electric Guitar (jazz)", "Electric Guitar (clean)", "Electric Guitar (muted)",
+    "Overdriven Guitar", "Distortion Guitar", "Guitar Harmonics", "Acoustic Bass",
+    "Electric Bass (finger)", "Electric Bass (pick)", "Fretless Bass", "Slap Bass 1",
+    "Slap Bass 2", "Synth Bass 1", "Synth Bass 2", "Violin", "Viola", "Cello", "Contrabass",
+    "Tremolo Strings", "Pizzicato Strings", "Orchestral Harp", "Timpani", "String Ensemble 1",
+    "String Ensemble 2", "Synth Strings 1", "Synth Strings 2", "Choir Aahs", "Voice Oohs",
+    "Synth Choir", "Orchestra Hit", "Trumpet", "Trombone", "Tuba", "Muted Trumpet", "French Horn",
+    "Brass Section", "Synth Brass 1", "Synth Brass 2", "Soprano Sax", "Alto Sax", "Tenor Sax",
+    "Baritone Sax", "Oboe", "English Horn", "Bassoon", "Clarinet", "Piccolo", "Flute", "Recorder",
+    "Pan Flute", "Blown bottle", "Shakuhachi", "Whistle", "Ocarina", "Lead 1 (square)",
+    "Lead 2 (sawtooth)", "Lead 3 (calliope)", "Lead 4 chiff", "Lead 5 (charang)", "Lead 6 (voice)",
+    "Lead 7 (fifths)", "Lead 8 (bass + lead)", "Pad 1 (new age)", "Pad 2 (warm)",
+    "Pad 3 (polysynth)", "Pad 4 (choir)", "Pad 5 (bowed)", "Pad 6 (metallic)", "Pad 7 (halo)",
+    "Pad 8 (sweep)", "FX 1 (rain)", "FX 2 (soundtrack)", "FX 3 (crystal)", "FX 4 (atmosphere)",
+    "FX 5 (brightness)", "FX 6 (goblins)", "FX 7 (echoes)", "FX 8 (sci-fi)", "Sitar", "Banjo",
+    "Shamisen", "Koto", "Kalimba", "Bagpipe", "Fiddle", "Shanai", "Tinkle Bell", "Agogo",
+    "Steel Drums", "Woodblock", "Taiko Drum", "Melodic Tom", "Synth Drum", "Reverse Cymbal",
+    "Guitar Fret Noise", "Breath Noise", "Seashore", "Bird Tweet", "Telephone Ring", "Helicopter",
+    "Applause", "Gunshot",
+)
+GM_FAMILIES: tuple[str, ...] = (
+    "Piano", "Chromatic Percussion", "Organ", "Guitar", "Bass", "Strings", "Ensemble", "Brass",
+    "Reed", "Pipe", "Synth Lead", "Synth Pad", "Synth Effects", "Ethnic", "Percussive",
+    "Sound Effects",
+)  # 8 programs each, in order
+# fmt: on
 # pretty_midi's 16 General MIDI families of 8 programs each, keyed by normalised name.
 FAMILIES: dict[str, range] = {
     re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_"): range(8 * i, 8 * i + 8)
-    for i, name in enumerate(constants.INSTRUMENT_CLASSES)
+    for i, name in enumerate(GM_FAMILIES)
 }
 _RANGE = re.compile(r"^\s*(\d+)\s*-\s*(\d+)\s*$")
 
@@ -26,9 +59,7 @@ def normalise(name: str) -> str:
     return re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
 
 
-INSTRUMENTS: dict[str, int] = {
-    normalise(name): program for program, name in enumerate(constants.INSTRUMENT_MAP)
-}
+INSTRUMENTS: dict[str, int] = {normalise(name): program for program, name in enumerate(GM_PROGRAMS)}
 
 
 def _check(program: int, given: object) -> int:
@@ -85,4 +116,4 @@ def select_programs(items: list[int | str]) -> frozenset[int] | None:
 
 def describe(program: int) -> str:
     """ "0 (Acoustic Grand Piano)", for logs and reports."""
-    return f"{program} ({constants.INSTRUMENT_MAP[program]})"
+    return f"{program} ({GM_PROGRAMS[program]})"

@@ -11,7 +11,6 @@ import contextlib
 import fnmatch
 import hashlib
 import logging
-import mmap
 import os
 import pickle
 import select
@@ -46,10 +45,9 @@ log = logging.getLogger(__name__)
 # not a frame).
 TEST_HOOK_ENV = "LAKHFLOW_PARSE_TEST_HOOK"
 
-WORK_FORMAT = 2  # bump when the work folder's layout changes: old work is then ignored
+WORK_FORMAT = 3  # bump when the work folder's layout changes: old work is then ignored
 WORKER_START_S = 120.0
 WRITE_S = 120.0  # time a worker gets to finish its batch file, after its last file's answer
-FLUSH_EVERY_S = 30.0
 HEADER = struct.Struct("<Q")
 # The worker's answers are small (a row per file, the batch's histograms): a larger length is
 # a stream out of step, never a frame to allocate for.
@@ -63,42 +61,79 @@ FILE_FIELDS = (
 STEP_EDGES = np.concatenate([[0.0], np.geomspace(1 / 64, 64, 37)])
 DURATION_EDGES = STEP_EDGES
 
-# --------------------------------------------------------------------------- batch files
+# --------------------------------------------------------------------------- parts
 #
-# A worker writes the notes of its batch straight into the work folder, one chunk per file
-# with notes: each column contiguous, widest first so every column stays aligned, padded to
-# 8 bytes. Only small per-file rows travel back to the stage, never the notes themselves.
+# A worker writes its batch's notes straight into the work folder as one Parquet part: the
+# batch's files sorted by file_id, each file's notes sorted by track, start and pitch. Only a
+# small row per file travels back to the stage, never the notes; once every batch is done the
+# parts become data/notes/notes-NNNNN.parquet as they are, without being read again.
 
-CHUNK_COLUMNS = (
-    "start", "end", "start_beat", "end_beat", "track", "program", "is_drum", "pitch", "velocity",
-)  # fmt: skip
 FLOAT_COLUMNS = ("start", "end", "start_beat", "end_beat")
-BYTES_PER_NOTE = sum(np.dtype(midi.COLUMN_DTYPES[name]).itemsize for name in CHUNK_COLUMNS)
 
 
-def chunk_size(n_notes: int) -> int:
-    return (n_notes * BYTES_PER_NOTE + 7) & ~7
+def _arrow(values: np.ndarray, arrow_type: Any) -> Any:
+    """A numpy column as an Arrow array over its memory (booleans packed into bits).
+
+    Built from buffers because pa.array() imports pandas (0.2 s in each worker) to ask
+    whether the column is a pandas object.
+    """
+    import pyarrow as pa
+
+    if arrow_type == pa.bool_():
+        data = np.packbits(values.astype(np.bool_, copy=False), bitorder="little")
+    else:
+        data = np.ascontiguousarray(values)
+    return pa.Array.from_buffers(arrow_type, len(values), [None, pa.py_buffer(data)])
 
 
-def write_chunk(stream: Any, columns: dict[str, np.ndarray]) -> int:
-    """Append one file's note columns to a batch file; returns the bytes written."""
-    n = len(columns["pitch"])
-    for name in CHUNK_COLUMNS:
-        stream.write(np.ascontiguousarray(columns[name], dtype=midi.COLUMN_DTYPES[name]).data)
-    pad = chunk_size(n) - n * BYTES_PER_NOTE
-    stream.write(b"\0" * pad)
-    return chunk_size(n)
+def write_part(path: str, files: list[tuple[str, dict[str, np.ndarray]]]) -> None:
+    """Write `(file_id, note columns)` of a batch's files as one Parquet part, by file_id."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from pipelines import schema
+
+    files = sorted(files, key=lambda f: f[0])
+    ids = [file_id.encode() for file_id, _ in files]
+    sizes = np.array([len(columns["pitch"]) for _, columns in files], dtype=np.int64)
+    offsets = np.zeros(len(ids) + 1, dtype=np.int32)
+    np.cumsum([len(i) for i in ids], out=offsets[1:])
+    dictionary = pa.Array.from_buffers(
+        pa.string(), len(ids), [None, pa.py_buffer(offsets), pa.py_buffer(b"".join(ids))]
+    )
+    # Dictionary-encoded file_id, written as Parquet's dictionary page as is: no string column
+    # of one 32-character id per note is ever built. Readers get plain strings (schema.NOTES),
+    # since the Arrow schema is not stored and Parquet's own types say string, int8, ...
+    indices = _arrow(np.repeat(np.arange(len(ids), dtype=np.int32), sizes), pa.int32())
+    arrays = [pa.DictionaryArray.from_arrays(indices, dictionary)]
+    for f in list(schema.NOTES)[1:]:
+        dtype = midi.COLUMN_DTYPES[f.name]
+        pieces = [columns[f.name] for _, columns in files]
+        column = np.concatenate(pieces).astype(dtype, copy=False) if pieces else np.zeros(0, dtype)
+        arrays.append(_arrow(column, f.type))
+    pq.write_table(
+        pa.Table.from_arrays(arrays, names=schema.NOTES.names),
+        path,
+        compression="zstd",
+        # dictionaries for the few-valued columns only: floats would fall back to plain anyway
+        use_dictionary=["file_id", "track", "program", "is_drum", "pitch", "velocity"],
+        # The times' bytes split by significance: zstd packs them 10% smaller, and the writer
+        # spends less time on them than on plain floats.
+        column_encoding=dict.fromkeys(FLOAT_COLUMNS, "BYTE_STREAM_SPLIT"),
+        row_group_size=256 * 1024,
+        store_schema=False,
+    )
 
 
-def read_chunk(data: bytes | memoryview, n_notes: int) -> dict[str, np.ndarray]:
-    """The note columns of one chunk (views into `data`)."""
-    columns = {}
-    position = 0
-    for name in CHUNK_COLUMNS:
-        dtype = np.dtype(midi.COLUMN_DTYPES[name])
-        columns[name] = np.frombuffer(data, dtype=dtype, count=n_notes, offset=position)
-        position += n_notes * dtype.itemsize
-    return columns
+def read_file_notes(part: Path, file_id: str, columns: list[str]) -> dict[str, np.ndarray]:
+    """One file's note columns from a part."""
+    import pyarrow.parquet as pq
+
+    table = pq.ParquetFile(part, read_dictionary=["file_id"]).read(columns=["file_id", *columns])
+    ids = table.column("file_id").combine_chunks()
+    code = ids.dictionary.to_pylist().index(file_id)
+    keep = ids.indices.to_numpy() == code
+    return {name: table.column(name).to_numpy()[keep] for name in columns}
 
 
 class NoteHistograms:
@@ -251,31 +286,32 @@ def parse_file(name: str, data: bytes, parser: Any, max_memory_mb: int) -> tuple
     return ("ok", notes, counts)
 
 
-def parse_to_file(
-    path: str, files: list[tuple[int, str, bytes]], parser: Any, max_memory_mb: int, answer: Any
-) -> NoteHistograms:
-    """Parse a batch into the batch file at `path`, answering one row per file as it goes."""
+def parse_to_part(
+    path: str, files: list[tuple[int, str, str, bytes]], parser: Any, max_memory_mb: int,
+    answer: Any,
+) -> NoteHistograms:  # fmt: skip
+    """Parse a batch of (index, name, file_id, bytes) into the part at `path`, answering one
+    row per file as it goes."""
     totals = NoteHistograms()
+    parsed: list[tuple[str, dict[str, np.ndarray]]] = []
+    for index, name, file_id, data in files:
+        outcome = parse_file(name, data, parser, max_memory_mb)
+        if outcome[0] != "ok":
+            answer((index, *outcome))
+            continue
+        notes, counts = outcome[1], outcome[2]
+        if notes.n_notes:
+            parsed.append((file_id, notes.columns))
+            totals.merge(counts)
+        answer((index, "ok", notes.n_notes, notes.n_tracks, notes.duration_s))
     tmp = f"{path}.{os.getpid()}.tmp"
-    offset = 0
-    with open(tmp, "wb") as out:
-        for index, name, data in files:
-            outcome = parse_file(name, data, parser, max_memory_mb)
-            if outcome[0] != "ok":
-                answer((index, *outcome))
-                continue
-            notes, counts = outcome[1], outcome[2]
-            row = (index, "ok", notes.n_notes, notes.n_tracks, notes.duration_s, offset)
-            if notes.n_notes:
-                offset += write_chunk(out, notes.columns)
-                totals.merge(counts)
-            answer(row)
+    write_part(tmp, parsed)
     Path(tmp).replace(path)
     return totals
 
 
 def worker_main() -> None:
-    """The parse worker: reads (batch file, files) requests on stdin, answers on the pipe whose
+    """The parse worker: reads (part path, files) requests on stdin, answers on the pipe whose
     fd is argv[3]. Its stdout is /dev/null: no print of an import or of C code can reach the
     answers, as it could when they shared stdout."""
     parser, max_memory_mb, answers = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
@@ -286,6 +322,8 @@ def worker_main() -> None:
         import symusic  # noqa: F401
     else:
         import pretty_midi  # noqa: F401
+    import pyarrow.parquet  # noqa: F401  (before the memory limit: imports map large libraries)
+
     limit = max_memory_mb << 20
     with contextlib.suppress(ValueError, OSError):
         import resource
@@ -299,7 +337,7 @@ def worker_main() -> None:
             return
         path, files = request
         try:
-            counts = parse_to_file(
+            counts = parse_to_part(
                 path, files, parser, max_memory_mb, lambda row: _send_frame(answers, row)
             )
         except OSError as exc:  # the disk, not a file: the stage stops with this message
@@ -320,7 +358,7 @@ class WorkerSettings:
 
 @dataclass
 class BatchResult:
-    """A parsed batch: one outcome per file, the notes' counts, and (from Dask) the batch file."""
+    """A parsed batch: one outcome per file, the notes' counts, and (from Dask) the part."""
 
     outcomes: list[tuple]
     counts: dict[str, Any]
@@ -470,22 +508,21 @@ class ParseWorker:
         self.stop()
         if pid is not None:
             with contextlib.suppress(OSError):
-                Path(f"{path}.{pid}.tmp").unlink()  # the dead worker's unfinished batch file
+                Path(f"{path}.{pid}.tmp").unlink()  # the dead worker's unfinished part
         log.debug("parse worker stopped: %s", reason)
 
-    def parse_batch(self, files: list[tuple[str, bytes]], path: str) -> BatchResult:
-        """Parse a batch into the batch file at `path`.
+    def parse_batch(self, files: list[tuple[str, str, bytes]], path: str) -> BatchResult:
+        """Parse a batch of (name, file_id, bytes) into the part at `path`.
 
         A file that kills or hangs the worker is quarantined, and the batch is sent again
-        without it to a new worker (the batch file must hold all the batch's notes).
+        without it to a new worker (the part must hold all the batch's notes).
         """
         bad: dict[int, tuple] = {}
         failed_sends = failed_writes = 0
         while True:
             todo = [i for i in range(len(files)) if i not in bad]
             if not todo:
-                with open(path, "wb"):
-                    pass  # no notes, but the batch file exists like any other
+                write_part(path, [])  # no notes, but the part exists like any other
                 return BatchResult([bad[i] for i in range(len(files))], NoteHistograms().to_json())
             if self.proc is None or self.proc.poll() is not None:
                 self.stop()
@@ -547,12 +584,12 @@ _ALL_LOCK = threading.Lock()
 
 
 def parse_batch(
-    files: list[tuple[str, bytes]], settings: WorkerSettings, path: str | None = None
+    files: list[tuple[str, str, bytes]], settings: WorkerSettings, path: str | None = None
 ) -> BatchResult:
     """Parse a batch in this thread's worker process (started on first use, then reused).
 
     This is what the local pool's threads and the Dask workers run. Without `path` (Dask,
-    where the stage's disk may be another machine's) the batch file comes back in the result.
+    where the stage's disk may be another machine's) the part comes back in the result.
     """
     worker = getattr(_THREAD_WORKERS, "worker", None)
     if worker is None or worker.settings != settings:
@@ -564,7 +601,7 @@ def parse_batch(
             _ALL_WORKERS.append(worker)
     if path is not None:
         return worker.parse_batch(files, path)
-    handle, local = tempfile.mkstemp(prefix="lakhflow-parse-", suffix=".notes")
+    handle, local = tempfile.mkstemp(prefix="lakhflow-parse-", suffix=".parquet")
     os.close(handle)
     try:
         result = worker.parse_batch(files, local)
@@ -592,7 +629,7 @@ class LocalPool:
         self.settings = settings
         self.pool = ThreadPoolExecutor(n, thread_name_prefix="parse")
 
-    def submit(self, files: list[tuple[str, bytes]], path: Path) -> Any:
+    def submit(self, files: list[tuple[str, str, bytes]], path: Path) -> Any:
         return self.pool.submit(parse_batch, files, self.settings, str(path))
 
     def wait(self, futures: set[Any]) -> set[Any]:
@@ -619,8 +656,8 @@ class DaskPool:
         except (OSError, TimeoutError) as exc:
             raise _error(f"cannot reach the Dask scheduler at {address} ({exc})") from None
 
-    def submit(self, files: list[tuple[str, bytes]], path: Path) -> Any:
-        # The batch file travels back in the result: the cluster may not share this disk.
+    def submit(self, files: list[tuple[str, str, bytes]], path: Path) -> Any:
+        # The part travels back in the result: the cluster may not share this disk.
         return self.client.submit(parse_batch, files, self.settings, pure=False)
 
     def wait(self, futures: set[Any]) -> set[Any]:
@@ -650,24 +687,20 @@ class Batch:
 class RunBuffer:
     """Finished batches not yet committed; flushed as one run (a JSON file)."""
 
-    batches: list[int] = field(default_factory=list)
+    batches: list[list[int]] = field(default_factory=list)  # [batch, notes in its part]
     rows: list[list[Any]] = field(default_factory=list)  # [seq, *FILE_FIELDS]
-    index: list[list[int]] = field(default_factory=list)  # [seq, batch, offset, n_notes]
     counts: NoteHistograms = field(default_factory=NoteHistograms)
-    notes: int = 0
-    since: float = field(default_factory=time.monotonic)
 
 
 class RunStore:
-    """The stage's resumable state: batch files (written by the workers) and the runs, JSON
-    files that commit them. A batch file no run names is parsed again on resume."""
+    """The stage's resumable state: the parts (written by the workers) and the runs, JSON files
+    that commit them. A part no run names is parsed again on resume."""
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
         self.folder.mkdir(parents=True, exist_ok=True)
-        self.done_batches: set[int] = set()
+        self.part_notes: dict[int, int] = {}  # batch -> notes in its part, for the done ones
         self.rows: dict[int, list[Any]] = {}
-        self.where: dict[int, tuple[int, int, int]] = {}  # seq -> (batch, offset, n_notes)
         self.counts = NoteHistograms()
         self.runs = 0
         from pipelines import storage
@@ -681,95 +714,42 @@ class RunStore:
             stray.unlink()  # a worker killed while writing
 
     def _add(self, meta: dict[str, Any]) -> None:
-        self.done_batches.update(meta["batches"])
+        self.part_notes.update((batch, notes) for batch, notes in meta["batches"])
         for row in meta["rows"]:
             self.rows[row[0]] = row[1:]
-        for seq, batch, offset, n in meta["index"]:
-            self.where[seq] = (batch, offset, n)
         self.counts.merge(NoteHistograms(meta["counts"]))
 
     def batch_path(self, batch: int) -> Path:
-        return self.folder / f"batch-{batch:06d}.notes"
+        return self.folder / f"batch-{batch:06d}.parquet"
 
     def flush(self, buffer: RunBuffer) -> None:
         from pipelines import storage
 
         if not buffer.batches:
             return
-        meta = {
-            "batches": buffer.batches,
-            "rows": buffer.rows,
-            "index": buffer.index,
-            "counts": buffer.counts.to_json(),
-        }
-        # The JSON is the commit: batch files are complete before a run names them.
+        meta = {"batches": buffer.batches, "rows": buffer.rows, "counts": buffer.counts.to_json()}
+        # The JSON is the commit: parts are complete before a run names them.
         storage.write_json(self.folder / f"run-{self.runs:05d}.json", meta)
         self._add(meta)
         self.runs += 1
 
-    def note_chunks(self, seqs: list[int]) -> dict[str, list[np.ndarray]]:
-        """The note columns of these files, one read-only view per file into its batch file
-        (mapped, not read: the views stay valid while any of them is referenced)."""
-        pieces: dict[str, list[np.ndarray]] = {name: [] for name in CHUNK_COLUMNS}
-        maps: dict[int, memoryview] = {}
-        for seq in seqs:
-            batch, offset, n = self.where[seq]
-            if batch not in maps:
-                with open(self.batch_path(batch), "rb") as handle:
-                    if os.fstat(handle.fileno()).st_size == 0:
-                        maps[batch] = memoryview(b"")
-                    else:
-                        mapped = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
-                        maps[batch] = memoryview(mapped)
-            data = maps[batch][offset : offset + chunk_size(n)]
-            if len(data) < chunk_size(n):
-                raise _error(f"{self.batch_path(batch)} is truncated; delete {self.folder}")
-            for name, column in read_chunk(data, n).items():
-                pieces[name].append(column)
-        return pieces
-
-    def read_notes(self, seqs: list[int]) -> dict[str, np.ndarray]:
-        """The note columns of these files, concatenated in this order."""
-        pieces: dict[str, list[np.ndarray]] = {name: [] for name in CHUNK_COLUMNS}
-        handles: dict[int, int] = {}
-        try:
-            for seq in seqs:
-                batch, offset, n = self.where[seq]
-                if batch not in handles:
-                    handles[batch] = os.open(self.batch_path(batch), os.O_RDONLY)
-                data = os.pread(handles[batch], chunk_size(n), offset)
-                if len(data) < chunk_size(n):
-                    raise _error(f"{self.batch_path(batch)} is truncated; delete {self.folder}")
-                for name, column in read_chunk(data, n).items():
-                    pieces[name].append(column)
-        finally:
-            for handle in handles.values():
-                os.close(handle)
-        return {
-            name: np.concatenate(pieces[name])
-            if pieces[name]
-            else np.zeros(0, dtype=midi.COLUMN_DTYPES[name])
-            for name in CHUNK_COLUMNS
-        }
-
 
 def add_batch(buffer: RunBuffer, batch: Batch, result: BatchResult) -> None:
-    buffer.batches.append(batch.index)
     buffer.counts.merge(NoteHistograms(result.counts))
+    notes = 0
     for k, outcome in enumerate(result.outcomes):
         seq = batch.seqs[k]
         base = [batch.file_ids[k], batch.names[k], batch.sizes[k]]
         if outcome[0] == "ok":
-            n, n_tracks, duration_s, offset = outcome[1:5]
+            n, n_tracks, duration_s = outcome[1:4]
             status = "ok" if n else "empty"
             buffer.rows.append([seq, *base, status, None, None, n, n_tracks, duration_s])
-            if n:
-                buffer.index.append([seq, batch.index, offset, n])
-                buffer.notes += n
+            notes += n
         else:
             _, error_type, error = outcome
             buffer.rows.append([seq, *base, "quarantined", error_type, error, 0, 0, 0.0])
         buffer.rows[-1].append(batch.groups[k])
+    buffer.batches.append([batch.index, notes])
 
 
 # --------------------------------------------------------------------------- the stage
@@ -790,7 +770,7 @@ def source_key(source: Path) -> dict[str, Any]:
 
 
 def batches_of(
-    source: Path, max_bytes: int, batch_files: int, duplicate: Callable[[int, Any, str, str], None]
+    source: Path, max_bytes: int, part_files: int, duplicate: Callable[[int, Any, str, str], None]
 ) -> Iterator[Batch]:
     """Stream the members, number them, set duplicates aside, and group the rest in batches."""
     from pipelines.archive import iter_members
@@ -809,7 +789,7 @@ def batches_of(
         current.sizes.append(len(member.data))
         current.groups.append(member.group)
         current.data.append(member.data)
-        if len(current.seqs) >= batch_files:
+        if len(current.seqs) >= part_files:
             yield current
             current = Batch(current.index + 1, [], [], [], [], [], [])
     if current.seqs:
@@ -827,7 +807,7 @@ def run(cfg: Config) -> dict[str, Any]:
         key = {
             "source": source_key(source),
             "parser": p.parser,
-            "batch_files": p.batch_files,
+            "part_files": p.part_files,
             "timeout_s": p.timeout_s,
             "max_memory_mb": p.max_memory_mb,
             "format": WORK_FORMAT,
@@ -845,7 +825,7 @@ def parse_all(
     p = cfg.parse
     work = storage.work_dir(cfg.paths.work, "parse", key)
     store = RunStore(work / "runs")
-    resumed_batches = len(store.done_batches)
+    resumed_batches = len(store.part_notes)
     settings = WorkerSettings(p.parser, p.timeout_s, p.max_memory_mb)
     workers = p.workers or os.cpu_count() or 1
     if p.executor == "dask":
@@ -885,24 +865,21 @@ def parse_all(
             add_batch(buffer, batch, result)
             parsed += len(batch.seqs)
             progress.update(len(batch.seqs))
-        flush_due = time.monotonic() - buffer.since > FLUSH_EVERY_S
-        if buffer.notes >= p.part_notes or flush_due:
-            store.flush(buffer)
-            buffer = RunBuffer()
+        store.flush(buffer)  # a commit per wait: a kill loses only the batches in flight
+        buffer = RunBuffer()
 
     try:
-        for batch in batches_of(source, max_bytes, p.batch_files, duplicate):
-            if batch.index in store.done_batches:
+        for batch in batches_of(source, max_bytes, p.part_files, duplicate):
+            if batch.index in store.part_notes:
                 progress.update(len(batch.seqs))
                 continue
             while len(in_flight) >= 2 * workers:
                 collect(pool.wait(set(in_flight)))
-            files = list(zip(batch.names, batch.data, strict=True))
+            files = list(zip(batch.names, batch.file_ids, batch.data, strict=True))
             in_flight[pool.submit(files, store.batch_path(batch.index))] = batch
             batch.data = []  # the worker has the bytes now; keep memory bounded
         while in_flight:
             collect(pool.wait(set(in_flight)))
-        store.flush(buffer)
     finally:
         progress.close()
         pool.close()
@@ -910,7 +887,7 @@ def parse_all(
 
     rows = {**store.rows, **duplicates}
     with storage.atomic_dir(cfg.paths.notes) as out:
-        summary = write_outputs(out, store, rows, p.part_notes, plotter)
+        summary = write_outputs(out, store, rows, plotter)
     elapsed = time.perf_counter() - started
     n_files = len(rows)
     metrics = {
@@ -940,90 +917,40 @@ def parse_all(
 
 
 def write_outputs(
-    out: Path, store: RunStore, rows: dict[int, list[Any]], part_notes: int, plotter: Plotter
+    out: Path, store: RunStore, rows: dict[int, list[Any]], plotter: Plotter
 ) -> dict[str, Any]:
-    """Files table, note parts sorted by file_id (gathered from the batch files), stats, plots."""
+    """The parts (linked from the work folder), the files table, stats and plots."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     from pipelines import schema, storage
 
-    sample = min(store.where, default=None)  # the first parsed file in archive order
-    plotter.draw(out / "plots", store, sample, rows)
-    ok = sorted((rows[seq][0], seq) for seq in store.where)
-    parts: list[list[tuple[str, int]]] = [[]]
-    part_size = 0
-    for file_id, seq in ok:
-        n = store.where[seq][2]
-        if parts[-1] and part_size + n > part_notes:
-            parts.append([])
-            part_size = 0
-        parts[-1].append((file_id, seq))
-        part_size += n
-    # Two parts at a time: Parquet encoding and compression release the GIL. The parts start
-    # first; the files table and the stats (pure Python, mostly) are made while they encode.
-    with ThreadPoolExecutor(2, thread_name_prefix="parts") as writers:
-        jobs = [
-            writers.submit(write_part, out / f"notes-{k:05d}.parquet", part, store)
-            for k, part in enumerate(parts)
-        ]
-        ordered = [rows[seq] for seq in sorted(rows)]
-        files = pa.Table.from_arrays(
-            [pa.array([r[i] for r in ordered], type=schema.FILES.field(i).type) for i in range(10)],
-            schema=schema.FILES,
-        )
-        pq.write_table(files, out / "files.parquet", compression="zstd")
-        stats = file_stats(ordered, store.counts)
-        stats["parts"] = len(parts)
-        storage.write_json(out / "stats.json", stats)
-        for job in jobs:
-            job.result()
+    parts = [store.batch_path(b) for b, notes in sorted(store.part_notes.items()) if notes]
+    # The sample is the first file with notes in archive order: it lies in the first part.
+    sample = min((seq for seq, row in store.rows.items() if row[3] == "ok"), default=None)
+    if sample is None:
+        plotter.draw(out / "plots", store.counts, None, "", "no notes")
+    else:
+        plotter.draw(out / "plots", store.counts, parts[0], rows[sample][0], rows[sample][1])
+    for k, part in enumerate(parts):
+        storage.link_or_copy(part, out / f"notes-{k:05d}.parquet")
+    ordered = [rows[seq] for seq in sorted(rows)]
+    files = pa.Table.from_arrays(
+        [pa.array([r[i] for r in ordered], type=schema.FILES.field(i).type) for i in range(10)],
+        schema=schema.FILES,
+    )
+    pq.write_table(files, out / "files.parquet", compression="zstd")
+    stats = file_stats(ordered, store.counts)
+    stats["parts"] = len(parts)
+    storage.write_json(out / "stats.json", stats)
     plotter.wait()
     return stats
 
 
-def write_part(path: Path, part: list[tuple[str, int]], store: RunStore) -> None:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    from pipelines import schema
-
-    pieces = store.note_chunks([seq for _, seq in part])
-    sizes = np.array([store.where[seq][2] for _, seq in part], dtype=np.int64)
-    file_index = np.repeat(np.arange(len(part), dtype=np.int32), sizes)
-    # Dictionary-encoded file_id, written as Parquet's dictionary page as is: no string column
-    # of one 32-character id per note is ever built. Readers get plain strings (schema.NOTES),
-    # since the Arrow schema is not stored and Parquet's own types say string, int8, ...
-    ids = pa.DictionaryArray.from_arrays(
-        pa.array(file_index), pa.array([f for f, _ in part], type=pa.string())
-    )
-    # Each file's columns are views into the mapped batch files, one Arrow chunk per file: no
-    # copy into one array before Parquet's encoder reads them (only the booleans are packed).
-    arrays: list[Any] = [ids]
-    for f in list(schema.NOTES)[1:]:
-        chunks = [pa.array(column, type=f.type) for column in pieces[f.name]]
-        arrays.append(pa.chunked_array(chunks, type=f.type))
-    table = pa.Table.from_arrays(arrays, names=schema.NOTES.names)
-    pq.write_table(
-        table,
-        path,
-        compression="zstd",
-        # dictionaries for the few-valued columns only: floats would fall back to plain anyway
-        use_dictionary=["file_id", "track", "program", "is_drum", "pitch", "velocity"],
-        # The times' bytes split by significance: zstd packs them 10% smaller, and the writer
-        # spends less time on them than on plain floats.
-        column_encoding=dict.fromkeys(FLOAT_COLUMNS, "BYTE_STREAM_SPLIT"),
-        row_group_size=256 * 1024,
-        store_schema=False,
-    )
-
-
 def program_names(hist: NoteHistograms) -> dict[str, int]:
-    import pretty_midi
+    from pipelines.instruments import GM_PROGRAMS
 
-    names = {
-        pretty_midi.program_to_instrument_name(p): int(n) for p, n in enumerate(hist.programs) if n
-    }
+    names = {GM_PROGRAMS[p]: int(n) for p, n in enumerate(hist.programs) if n}
     if hist.drums:
         names["Drums"] = hist.drums
     return names
@@ -1066,15 +993,13 @@ class Plotter:
         )
 
     def draw(
-        self, folder: Path, store: RunStore, sample: int | None, rows: dict[int, list[Any]]
+        self, folder: Path, counts: NoteHistograms, part: Path | None, file_id: str, title: str
     ) -> None:
-        notes, title = None, "no notes"
-        if sample is not None:
-            notes = store.read_notes([sample])
-            title = str(rows[sample][1])
+        """Draw the histograms, and the piano roll of `file_id`'s notes in `part`."""
         assert self.proc.stdin is not None
+        request = (str(folder), counts.to_json(), part and str(part), file_id, title)
         try:
-            _write_frame(self.proc.stdin, (str(folder), store.counts.to_json(), notes, title))
+            _write_frame(self.proc.stdin, request)
             self.proc.stdin.close()
         except OSError:
             pass  # it died: wait() says so
@@ -1091,40 +1016,70 @@ class Plotter:
 
 def plotter_main() -> None:
     """The plotting process: imports matplotlib at once, then draws what arrives on stdin."""
-    from pipelines import plots  # noqa: F401  (the slow import, done while the stage parses)
+    # The slow imports, done while the stage parses.
+    import pyarrow.parquet  # noqa: F401
+
+    from pipelines import plots  # noqa: F401
 
     request = _read_frame(sys.stdin.buffer)
-    if request is not None:
-        folder, counts, notes, title = request
-        draw_plots(Path(folder), NoteHistograms(counts), notes, title)
+    if request is None:
+        return
+    folder, counts, part, file_id, title = request
+    notes = None
+    if part is not None:
+        notes = read_file_notes(Path(part), file_id, ["pitch", "start", "end", "velocity"])
+    jobs = plot_jobs(Path(folder), NoteHistograms(counts), notes, title)
+    # The workers are done by now: half the pictures are drawn in a fork, on the other core.
+    child = os.fork()
+    if child == 0:
+        try:
+            for job in jobs[1::2]:
+                job()
+        except BaseException:
+            import traceback
+
+            traceback.print_exc()
+            os._exit(1)
+        os._exit(0)
+    for job in jobs[::2]:
+        job()
+    _, status = os.waitpid(child, 0)
+    if status != 0:
+        raise SystemExit(f"drawing the plots failed in the forked plotter ({status})")
 
 
-def draw_plots(
+def plot_jobs(
     folder: Path, hist: NoteHistograms, notes: dict[str, np.ndarray] | None, title: str
-) -> None:
+) -> list[Callable[[], Any]]:
+    """The parse stage's pictures, one callable each."""
+    from functools import partial
+
     from pipelines import plots
 
-    plots.histogram(hist.pitch, np.arange(129) - 0.5, folder / "pitch.png", "Pitch", "pitch (MIDI)")
-    plots.histogram(
-        hist.step, STEP_EDGES, folder / "step.png", "Step (onset to onset in a track)",
-        "quarter notes", log_x=True,
-    )  # fmt: skip
-    plots.histogram(
-        hist.duration, DURATION_EDGES, folder / "duration.png", "Duration", "quarter notes",
-        log_x=True,
-    )  # fmt: skip
-    plots.bar_counts(program_names(hist), folder / "programs.png", "Notes per instrument")
+    roll_path = folder / "piano_roll.png"
     if notes is None:
-        plots.piano_roll(
-            np.zeros(0), np.zeros(0), np.zeros(0), folder / "piano_roll.png", "no notes"
-        )
-        return
-    order = np.argsort(notes["start"], kind="stable")[:1000]  # the first 1000 in time
-    plots.piano_roll(
-        notes["pitch"][order],
-        notes["start"][order],
-        notes["end"][order],
-        folder / "piano_roll.png",
-        f"{title}: first {len(order)} notes",
-        velocity=notes["velocity"][order],
-    )
+        empty = np.zeros(0)
+        roll = partial(plots.piano_roll, empty, empty, empty, roll_path, "no notes")
+    else:
+        order = np.argsort(notes["start"], kind="stable")[:1000]  # the first 1000 in time
+        roll = partial(
+            plots.piano_roll, notes["pitch"][order], notes["start"][order], notes["end"][order],
+            roll_path, f"{title}: first {len(order)} notes", velocity=notes["velocity"][order],
+        )  # fmt: skip
+    return [
+        partial(
+            plots.histogram, hist.pitch, np.arange(129) - 0.5, folder / "pitch.png", "Pitch",
+            "pitch (MIDI)",
+        ),
+        partial(
+            plots.histogram, hist.step, STEP_EDGES, folder / "step.png",
+            "Step (onset to onset in a track)", "quarter notes", log_x=True,
+        ),
+        partial(
+            plots.histogram, hist.duration, DURATION_EDGES, folder / "duration.png", "Duration",
+            "quarter notes", log_x=True,
+        ),
+        partial(plots.bar_counts, program_names(hist), folder / "programs.png",
+                "Notes per instrument"),
+        roll,
+    ]  # fmt: skip

@@ -86,7 +86,8 @@ def histogram(
     counts = np.asarray(counts, dtype=np.float64)
     edges = np.asarray(edges, dtype=np.float64)
     fig, ax = plt.subplots(figsize=(7, 4))
-    ax.bar(edges[:-1], counts, width=np.diff(edges), align="edge", color="#4477aa")
+    # One filled outline, not a patch per bin: half the drawing time of ax.bar.
+    ax.stairs(counts, edges, fill=True, color="#4477aa")
     if log_x:
         # linear from 0 to the first positive edge, so a bin starting at 0 still shows
         ax.set_xscale("symlog", linthresh=float(edges[edges > 0].min()))

@@ -93,3 +93,14 @@ def work_dir(work_root: Path, stage: str, key: Any) -> Path:
                 shutil.rmtree(other, ignore_errors=True)
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def link_or_copy(src: Path, dest: Path) -> None:
+    """`dest` as a hard link to `src` (no bytes copied), or a copy across file systems.
+
+    Only for files never changed in place: both names share the bytes.
+    """
+    try:
+        dest.hardlink_to(src)
+    except OSError:
+        shutil.copyfile(src, dest)

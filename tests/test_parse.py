@@ -21,7 +21,7 @@ from pipelines import config, parse, schema
 
 PARAMS = {
     "download": {"source": "bach"},
-    "parse": {"workers": 2, "batch_files": 3, "part_notes": 1000},
+    "parse": {"workers": 2, "part_files": 3},
 }
 CHORALES = ["bwv66.6", "bwv7.7", "bwv84.5", "bwv40.8"]
 HOOKED = ("hang.mid", "crash.mid", "hog.mid", "garbled.mid")
@@ -216,18 +216,25 @@ def test_note_parts_are_bounded_sorted_and_typed(baseline: Path) -> None:
     parts = sorted((baseline / "data" / "notes").glob("notes-*.parquet"))
     assert len(parts) > 1
     tables = [pq.read_table(p) for p in parts]
-    for table in tables:
-        assert table.schema.equals(schema.NOTES)
-        # bounded, unless one file alone holds more notes than a part
-        assert table.num_rows <= 1000 or len(table.column("file_id").unique()) == 1
-        assert pq.ParquetFile(parts[0]).metadata.row_group(0).column(0).compression == "ZSTD"
-    notes = pa_concat(tables).to_pandas()
     files = files_table(baseline)
     ok = files[files["status"] == "ok"].set_index("file_id")
+    parsed = files[files["status"] != "duplicate"].reset_index(drop=True)
+    seen: list[str] = []
+    for table in tables:
+        assert table.schema.equals(schema.NOTES)
+        assert pq.ParquetFile(parts[0]).metadata.row_group(0).column(0).compression == "ZSTD"
+        # A part holds the files of one batch: part_files consecutive inputs (duplicates
+        # aside), each file's notes together, sorted by file_id, track, start, pitch.
+        key = table.select(schema.NOTES_SORT).to_pandas().to_records(index=False).tolist()
+        assert key == sorted(key)
+        ids = list(dict.fromkeys(table.column("file_id").to_pylist()))
+        rows = parsed.index[parsed["file_id"].isin(ids)]
+        assert rows.max() // 3 == rows.min() // 3
+        seen += ids
+    assert len(seen) == len(set(seen)) == len(ok)
+    notes = pa_concat(tables).to_pandas()
     counts = notes.groupby("file_id").size()
     assert counts.to_dict() == ok["n_notes"].to_dict()
-    key = notes[schema.NOTES_SORT].to_records(index=False).tolist()
-    assert key == sorted(key)
     assert notes["pitch"].between(0, 127).all() and notes["velocity"].between(1, 127).all()
     assert (notes["end"] >= notes["start"]).all() and (
         notes["end_beat"] >= notes["start_beat"]
@@ -329,7 +336,7 @@ def test_worker_answers_on_its_own_pipe_not_stdout(
         midi_bytes = tiny_midi(
             [(0, mido.Message("note_on", note=60)), (480, mido.Message("note_off", note=60))]
         )
-        result = worker.parse_batch([("a.mid", midi_bytes)], str(tmp_path / "batch.notes"))
+        result = worker.parse_batch([("a.mid", "a", midi_bytes)], str(tmp_path / "a.parquet"))
         assert result.outcomes[0][:2] == ("ok", 1)
     finally:
         worker.close()
@@ -359,7 +366,7 @@ def test_crashing_worker_costs_only_its_file(hooked: Path, baseline: Path) -> No
 def test_sigkill_then_resume_parses_only_the_rest(
     baseline: Path, corpus_archive: Path, tmp_path: Path
 ) -> None:
-    root = new_project(tmp_path / "project", corpus_archive, workers=1, batch_files=2)
+    root = new_project(tmp_path / "project", corpus_archive, workers=1)
     # TEST HOOK: every file takes 0.4 s, so the kill lands part way through.
     proc = subprocess.Popen(
         ["lakhflow", "parse"], cwd=root, env=tool_env(**{parse.TEST_HOOK_ENV: "sleep=0.4:*"}),
