@@ -10,6 +10,7 @@ import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 from pipelines.errors import LakhflowError
 
@@ -28,7 +29,7 @@ class Member:
     @property
     def group(self) -> str:
         """The folder holding the member (a composer, an artist, a Lakh MSD track id), or ""."""
-        parts = PurePosixPath(self.name).parts
+        parts = [part for part in self.name.split("/") if part not in ("", ".")]
         return parts[-2] if len(parts) >= 2 else ""
 
 
@@ -74,17 +75,30 @@ def iter_members(
                     raise UnsafeMember(f"{path.relative_to(source)} is over the size cap")
                 yield Member(path.relative_to(source).as_posix(), path.read_bytes())
         return
+    from isal import igzip, isal_zlib
+
     try:
-        # "r|*" streams: members are read in order, without random access or extraction.
-        with tarfile.open(source, mode="r|*") as tar:
-            for info in tar:
-                if not check_member(info, max_bytes):
-                    continue
-                if not info.name.lower().endswith(suffixes):
-                    continue
-                handle = tar.extractfile(info)
-                if handle is None:
-                    continue
-                yield Member(info.name.removeprefix("./"), handle.read())
-    except (tarfile.TarError, EOFError, OSError) as exc:
+        with open(source, "rb") as raw:
+            gzipped = raw.read(2) == b"\x1f\x8b"
+            raw.seek(0)
+            # ISA-L's gzip reader inflates twice as fast as zlib's, which the stage's main
+            # process would otherwise spend a third of its time in. "r|" streams: members are
+            # read in order, without random access or extraction.
+            stream: Any = igzip.IGzipFile(fileobj=raw) if gzipped else raw
+            with tarfile.open(fileobj=stream, mode="r|" if gzipped else "r|*") as tar:
+                yield from _tar_members(tar, max_bytes, suffixes)
+    except (tarfile.TarError, EOFError, OSError, isal_zlib.error) as exc:  # type: ignore[misc]
         raise LakhflowError(f"{source} is not a readable .tar.gz archive ({exc})") from None
+
+
+def _tar_members(
+    tar: tarfile.TarFile, max_bytes: int, suffixes: tuple[str, ...]
+) -> Iterator[Member]:
+    for info in tar:
+        if not check_member(info, max_bytes):
+            continue
+        if not info.name.lower().endswith(suffixes):
+            continue
+        handle = tar.extractfile(info)
+        if handle is not None:
+            yield Member(info.name.removeprefix("./"), handle.read())

@@ -76,6 +76,35 @@ class TickTrack:
 
 
 @dataclass
+class TickNotes:
+    """A file's notes in ticks, track after track (tracks with notes only; any order within)."""
+
+    sizes: list[int]  # notes per track
+    programs: list[int]
+    drums: list[bool]
+    start: np.ndarray  # int64 ticks
+    end: np.ndarray  # int64 ticks
+    pitch: np.ndarray  # any integer type
+    velocity: np.ndarray
+
+    @classmethod
+    def from_tracks(cls, tracks: list[TickTrack]) -> TickNotes:
+        kept = [t for t in tracks if len(t.start)]
+        if not kept:
+            empty = np.zeros(0, dtype=np.int64)
+            return cls([], [], [], empty, empty, empty, empty)
+        return cls(
+            [len(t.start) for t in kept],
+            [t.program for t in kept],
+            [t.is_drum for t in kept],
+            np.concatenate([t.start for t in kept]).astype(np.int64),
+            np.concatenate([t.end for t in kept]).astype(np.int64),
+            np.concatenate([t.pitch for t in kept]),
+            np.concatenate([t.velocity for t in kept]),
+        )
+
+
+@dataclass
 class FileNotes:
     """One file's notes as the note table's columns (no file_id), sorted by track, start, pitch."""
 
@@ -96,35 +125,44 @@ class FileNotes:
 def parse_midi(data: bytes, parser: Parser = "symusic") -> FileNotes:
     """Parse one MIDI file's bytes into note columns; raises on a corrupt file."""
     if parser == "symusic":
-        tracks, tempos, tpb = symusic_tracks(data)
+        notes, tempos, tpb = symusic_notes(data)
     elif parser == "pretty_midi":
         tracks, tempos, tpb = pretty_midi_tracks(data)
+        notes = TickNotes.from_tracks(tracks)
     else:
         raise ValueError(f"unknown parser {parser!r}")
-    return assemble(tracks, tempos, tpb)
+    return assemble_notes(notes, tempos, tpb)
 
 
-def symusic_tracks(data: bytes) -> tuple[list[TickTrack], list[tuple[int, int]], int]:
+def symusic_notes(data: bytes) -> tuple[TickNotes, list[tuple[int, int]], int]:
     import symusic
 
     score: Any = symusic.Score.from_midi(data)
-    tracks = []
+    sizes, programs, drums = [], [], []
+    times, durations, pitches, velocities = [], [], [], []
     for track in score.tracks:
         notes = track.notes.numpy()
-        start = notes["time"].astype(np.int64)
-        tracks.append(
-            TickTrack(
-                program=int(track.program),
-                is_drum=bool(track.is_drum),
-                start=start,
-                end=start + notes["duration"].astype(np.int64),
-                pitch=notes["pitch"],
-                velocity=notes["velocity"],
-            )
-        )
+        time = notes["time"]
+        if len(time):
+            sizes.append(len(time))
+            programs.append(int(track.program))
+            drums.append(bool(track.is_drum))
+            times.append(time)
+            durations.append(notes["duration"])
+            pitches.append(notes["pitch"])
+            velocities.append(notes["velocity"])
     tempo_arrays = score.tempos.numpy()
     tempos = list(zip(tempo_arrays["time"].tolist(), tempo_arrays["mspq"].tolist(), strict=True))
-    return tracks, tempos, int(score.ticks_per_quarter)
+    tpb = int(score.ticks_per_quarter)
+    if not sizes:
+        return TickNotes.from_tracks([]), tempos, tpb
+    # One concatenation per column for the whole file, not a conversion per track.
+    start = np.concatenate(times).astype(np.int64)
+    end = start + np.concatenate(durations)
+    notes = TickNotes(
+        sizes, programs, drums, start, end, np.concatenate(pitches), np.concatenate(velocities)
+    )
+    return notes, tempos, tpb
 
 
 def pretty_midi_tracks(data: bytes) -> tuple[list[TickTrack], list[tuple[int, int]], int]:
@@ -280,30 +318,33 @@ def note_order(
 
 
 def assemble(tracks: list[TickTrack], tempos: list[tuple[int, int]], tpb: int) -> FileNotes:
-    """Tick tracks -> the note table's columns, with both times, sorted by track/start/pitch."""
+    """Tick tracks -> the note table's columns (see `assemble_notes`)."""
+    return assemble_notes(TickNotes.from_tracks(tracks), tempos, tpb)
+
+
+def assemble_notes(notes: TickNotes, tempos: list[tuple[int, int]], tpb: int) -> FileNotes:
+    """Tick notes -> the note table's columns, with both times, sorted by track/start/pitch."""
     if tpb <= 0:
         raise CorruptMidi(f"ticks per quarter note is {tpb} (SMPTE or corrupt time base)")
-    kept = [t for t in tracks if len(t.start)]
-    if not kept:
+    if not notes.sizes:
         empty = {name: np.zeros(0, dtype=dtype) for name, dtype in COLUMN_DTYPES.items()}
         return FileNotes(empty, n_tracks=0, duration_s=0.0, ticks_per_beat=tpb)
-    start = np.concatenate([t.start for t in kept]).astype(np.int64)
-    end = np.concatenate([t.end for t in kept]).astype(np.int64)
+    start, end = notes.start, notes.end
     largest = int(end.max())
     if largest > MAX_TICK or int(start.min()) < 0:
         raise CorruptMidi(f"MIDI file has a largest tick of {largest}, it is likely corrupt")
-    sizes = [len(t.start) for t in kept]
-    track = np.repeat(np.arange(len(kept), dtype=np.int64), sizes)
-    pitch = np.concatenate([t.pitch for t in kept]).astype(np.int64)
-    velocity = np.concatenate([t.velocity for t in kept]).astype(np.int64)
+    sizes = notes.sizes
+    track = np.repeat(np.arange(len(sizes), dtype=np.int64), sizes)
+    pitch = notes.pitch.astype(np.int64)
+    velocity = notes.velocity.astype(np.int64)
     order = note_order(track, start, pitch, end, velocity)
     # Track leads the sort and the tracks are already concatenated in order, so `track` (and
     # with it program and is_drum) needs no reordering; the narrow columns are gathered narrow.
     start, end = start.take(order), end.take(order)
-    pitch8 = pitch.astype(np.int8).take(order)
-    velocity8 = velocity.astype(np.int8).take(order)
-    program = np.repeat(np.array([t.program for t in kept], dtype=np.int8), sizes)
-    is_drum = np.repeat(np.array([t.is_drum for t in kept], dtype=np.bool_), sizes)
+    pitch8 = notes.pitch.astype(np.int8).take(order)
+    velocity8 = notes.velocity.astype(np.int8).take(order)
+    program = np.repeat(np.array(notes.programs, dtype=np.int8), sizes)
+    is_drum = np.repeat(np.array(notes.drums, dtype=np.bool_), sizes)
     seconds = ticks_to_seconds(np.concatenate([start, end]), tempos, tpb)
     n = len(start)
     columns: dict[str, np.ndarray] = {
@@ -319,7 +360,7 @@ def assemble(tracks: list[TickTrack], tempos: list[tuple[int, int]], tpb: int) -
     }
     return FileNotes(
         columns,
-        n_tracks=len(kept),
+        n_tracks=len(sizes),
         duration_s=float(seconds[n:].max()),
         ticks_per_beat=tpb,
         start_ticks=start,

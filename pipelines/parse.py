@@ -86,6 +86,20 @@ def _arrow(values: np.ndarray, arrow_type: Any) -> Any:
     return pa.Array.from_buffers(arrow_type, len(values), [None, pa.py_buffer(data)])
 
 
+def _strings(values: list[str | None]) -> Any:
+    """Python strings (None: null) as an Arrow string array, built from buffers (see _arrow)."""
+    import pyarrow as pa
+
+    encoded = [b"" if v is None else v.encode() for v in values]
+    offsets = np.zeros(len(values) + 1, dtype=np.int32)
+    np.cumsum([len(b) for b in encoded], out=offsets[1:])
+    valid = np.array([v is not None for v in values], dtype=np.bool_)
+    nulls = len(values) - int(valid.sum())
+    bitmap = pa.py_buffer(np.packbits(valid, bitorder="little")) if nulls else None
+    buffers = [bitmap, pa.py_buffer(offsets), pa.py_buffer(b"".join(encoded))]
+    return pa.Array.from_buffers(pa.string(), len(values), buffers, null_count=nulls)
+
+
 def write_part(path: str, files: list[tuple[str, dict[str, np.ndarray]]]) -> None:
     """Write `(file_id, note columns)` of a batch's files as one Parquet part, by file_id."""
     import pyarrow as pa
@@ -722,6 +736,17 @@ class RunStore:
     def batch_path(self, batch: int) -> Path:
         return self.folder / f"batch-{batch:06d}.parquet"
 
+    def sample(self) -> tuple[Path, int] | None:
+        """(part, seq) of the first file with notes in archive order, once that is known: its
+        part is done and every earlier part is done and empty."""
+        batch = 0
+        while self.part_notes.get(batch) == 0:
+            batch += 1
+        if batch not in self.part_notes:
+            return None
+        seq = min(seq for seq, row in self.rows.items() if row[3] == "ok")
+        return self.batch_path(batch), seq
+
     def flush(self, buffer: RunBuffer) -> None:
         from pipelines import storage
 
@@ -729,7 +754,7 @@ class RunStore:
             return
         meta = {"batches": buffer.batches, "rows": buffer.rows, "counts": buffer.counts.to_json()}
         # The JSON is the commit: parts are complete before a run names them.
-        storage.write_json(self.folder / f"run-{self.runs:05d}.json", meta)
+        storage.write_json(self.folder / f"run-{self.runs:05d}.json", meta, indent=None)
         self._add(meta)
         self.runs += 1
 
@@ -756,7 +781,9 @@ def add_batch(buffer: RunBuffer, batch: Batch, result: BatchResult) -> None:
 
 
 def source_key(source: Path) -> dict[str, Any]:
-    """What identifies the input: the archive's md5 and size (a folder: its listing)."""
+    """What identifies the input, cheaply (as DVC's own state does): size, mtime and inode, and
+    an md5 of the archive's first and last MiB. Hashing all of lmd_full would cost seconds
+    before the first file; any new download or checkout is a new file with a new mtime."""
     from pipelines import storage
 
     if source.is_dir():
@@ -766,7 +793,18 @@ def source_key(source: Path) -> dict[str, Any]:
             if p.is_file()
         ]
         return {"folder": storage.stable_hash(listing, 32), "files": len(listing)}
-    return {"md5": storage.file_digest(source), "size": source.stat().st_size}
+    stat = source.stat()
+    ends = hashlib.md5()
+    with open(source, "rb") as f:
+        ends.update(f.read(1 << 20))
+        f.seek(max(stat.st_size - (1 << 20), 0))
+        ends.update(f.read(1 << 20))
+    return {
+        "size": stat.st_size,
+        "mtime_ns": stat.st_mtime_ns,
+        "inode": stat.st_ino,
+        "ends_md5": ends.hexdigest(),
+    }
 
 
 def batches_of(
@@ -825,6 +863,7 @@ def parse_all(
     p = cfg.parse
     work = storage.work_dir(cfg.paths.work, "parse", key)
     store = RunStore(work / "runs")
+    pictures = work / "plots"
     resumed_batches = len(store.part_notes)
     settings = WorkerSettings(p.parser, p.timeout_s, p.max_memory_mb)
     workers = p.workers or os.cpu_count() or 1
@@ -867,8 +906,20 @@ def parse_all(
             progress.update(len(batch.seqs))
         store.flush(buffer)  # a commit per wait: a kill loses only the batches in flight
         buffer = RunBuffer()
+        roll_when_known()
+
+    def roll_when_known() -> None:
+        """The piano roll is of the first file with notes (in archive order): drawn as soon
+        as the parts before its own are known to be empty, while the rest is parsed."""
+        if plotter.rolled:
+            return
+        sample = store.sample()
+        if sample is not None:
+            part, seq = sample
+            plotter.roll(pictures, part, store.rows[seq][0], store.rows[seq][1])
 
     try:
+        roll_when_known()  # resumed: it may be known already
         for batch in batches_of(source, max_bytes, p.part_files, duplicate):
             if batch.index in store.part_notes:
                 progress.update(len(batch.seqs))
@@ -887,7 +938,7 @@ def parse_all(
 
     rows = {**store.rows, **duplicates}
     with storage.atomic_dir(cfg.paths.notes) as out:
-        summary = write_outputs(out, store, rows, plotter)
+        summary = write_outputs(out, store, rows, plotter, pictures)
     elapsed = time.perf_counter() - started
     n_files = len(rows)
     metrics = {
@@ -917,33 +968,37 @@ def parse_all(
 
 
 def write_outputs(
-    out: Path, store: RunStore, rows: dict[int, list[Any]], plotter: Plotter
+    out: Path, store: RunStore, rows: dict[int, list[Any]], plotter: Plotter, pictures: Path
 ) -> dict[str, Any]:
     """The parts (linked from the work folder), the files table, stats and plots."""
+    import shutil
+
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     from pipelines import schema, storage
 
+    plotter.histograms(pictures, store.counts)
     parts = [store.batch_path(b) for b, notes in sorted(store.part_notes.items()) if notes]
-    # The sample is the first file with notes in archive order: it lies in the first part.
-    sample = min((seq for seq, row in store.rows.items() if row[3] == "ok"), default=None)
-    if sample is None:
-        plotter.draw(out / "plots", store.counts, None, "", "no notes")
-    else:
-        plotter.draw(out / "plots", store.counts, parts[0], rows[sample][0], rows[sample][1])
     for k, part in enumerate(parts):
         storage.link_or_copy(part, out / f"notes-{k:05d}.parquet")
     ordered = [rows[seq] for seq in sorted(rows)]
-    files = pa.Table.from_arrays(
-        [pa.array([r[i] for r in ordered], type=schema.FILES.field(i).type) for i in range(10)],
-        schema=schema.FILES,
-    )
+    columns = []
+    for i, f in enumerate(schema.FILES):
+        values = [r[i] for r in ordered]
+        if f.type == pa.string():
+            columns.append(_strings(values))
+        else:  # int64, int32, double: numpy reads Arrow's names
+            columns.append(_arrow(np.array(values, dtype=np.dtype(str(f.type))), f.type))
+    files = pa.Table.from_arrays(columns, schema=schema.FILES)
     pq.write_table(files, out / "files.parquet", compression="zstd")
     stats = file_stats(ordered, store.counts)
     stats["parts"] = len(parts)
     storage.write_json(out / "stats.json", stats)
     plotter.wait()
+    (out / "plots").mkdir()
+    for name in Plotter.PICTURES:  # copies: the plotter rewrites its own files in place
+        shutil.copyfile(pictures / name, out / "plots" / name)
     return stats
 
 
@@ -983,26 +1038,40 @@ def file_stats(rows: list[list[Any]], hist: NoteHistograms) -> dict[str, Any]:
 
 
 class Plotter:
-    """Draws the plots in a process of its own, started with the stage: matplotlib's import
-    and drawing overlap the parsing and the part writing instead of adding to them."""
+    """Draws the plots in a process of its own, started with the stage: matplotlib's import and
+    the piano roll overlap the parsing; only the histograms wait for the last counts.
+
+    It draws into a folder of the work folder: write_outputs copies the pictures out.
+    """
+
+    PICTURES = ("pitch.png", "step.png", "duration.png", "programs.png", "piano_roll.png")
 
     def __init__(self) -> None:
+        self.rolled = False
         code = "from pipelines.parse import plotter_main; plotter_main()"
+        env = dict(os.environ, OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1")
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", code], stdin=subprocess.PIPE, start_new_session=True
+            [sys.executable, "-c", code], stdin=subprocess.PIPE, start_new_session=True, env=env
         )
 
-    def draw(
-        self, folder: Path, counts: NoteHistograms, part: Path | None, file_id: str, title: str
-    ) -> None:
-        """Draw the histograms, and the piano roll of `file_id`'s notes in `part`."""
+    def _send(self, request: tuple) -> None:
         assert self.proc.stdin is not None
-        request = (str(folder), counts.to_json(), part and str(part), file_id, title)
-        try:
+        with contextlib.suppress(OSError):  # it died: wait() says so
             _write_frame(self.proc.stdin, request)
+
+    def roll(self, folder: Path, part: Path | None, file_id: str, title: str) -> None:
+        """Draw the piano roll of `file_id`'s notes in `part` (None: an empty roll)."""
+        self.rolled = True
+        self._send(("roll", str(folder), part and str(part), file_id, title))
+
+    def histograms(self, folder: Path, counts: NoteHistograms) -> None:
+        """Draw the histograms of the final counts, and end."""
+        if not self.rolled:
+            self.roll(folder, None, "", "no notes")
+        self._send(("histograms", str(folder), counts.to_json()))
+        assert self.proc.stdin is not None
+        with contextlib.suppress(OSError):
             self.proc.stdin.close()
-        except OSError:
-            pass  # it died: wait() says so
 
     def wait(self) -> None:
         if self.proc.wait() != 0:
@@ -1016,56 +1085,58 @@ class Plotter:
 
 def plotter_main() -> None:
     """The plotting process: imports matplotlib at once, then draws what arrives on stdin."""
-    # The slow imports, done while the stage parses.
-    import pyarrow.parquet  # noqa: F401
+    from pipelines import plots
 
-    from pipelines import plots  # noqa: F401
+    while (request := _read_frame(sys.stdin.buffer)) is not None:
+        kind, folder, *args = request
+        if kind == "roll":
+            part, file_id, title = args
+            notes = None
+            if part is not None:
+                notes = read_file_notes(Path(part), file_id, ["pitch", "start", "end", "velocity"])
+            draw_roll(Path(folder) / "piano_roll.png", notes, title)
+        else:
+            jobs = histogram_jobs(Path(folder), NoteHistograms(args[0]))
+            # The workers are done by now: half the pictures are drawn in a fork.
+            child = os.fork()
+            if child == 0:
+                try:
+                    for job in jobs[1::2]:
+                        job()
+                except BaseException:
+                    import traceback
 
-    request = _read_frame(sys.stdin.buffer)
-    if request is None:
-        return
-    folder, counts, part, file_id, title = request
-    notes = None
-    if part is not None:
-        notes = read_file_notes(Path(part), file_id, ["pitch", "start", "end", "velocity"])
-    jobs = plot_jobs(Path(folder), NoteHistograms(counts), notes, title)
-    # The workers are done by now: half the pictures are drawn in a fork, on the other core.
-    child = os.fork()
-    if child == 0:
-        try:
-            for job in jobs[1::2]:
+                    traceback.print_exc()
+                    os._exit(1)
+                os._exit(0)
+            for job in jobs[::2]:
                 job()
-        except BaseException:
-            import traceback
-
-            traceback.print_exc()
-            os._exit(1)
-        os._exit(0)
-    for job in jobs[::2]:
-        job()
-    _, status = os.waitpid(child, 0)
-    if status != 0:
-        raise SystemExit(f"drawing the plots failed in the forked plotter ({status})")
+            _, status = os.waitpid(child, 0)
+            if status != 0:
+                raise SystemExit(f"drawing the plots failed in the forked plotter ({status})")
+    del plots
 
 
-def plot_jobs(
-    folder: Path, hist: NoteHistograms, notes: dict[str, np.ndarray] | None, title: str
-) -> list[Callable[[], Any]]:
-    """The parse stage's pictures, one callable each."""
+def draw_roll(path: Path, notes: dict[str, np.ndarray] | None, title: str) -> None:
+    from pipelines import plots
+
+    if notes is None:
+        empty = np.zeros(0)
+        plots.piano_roll(empty, empty, empty, path, title)
+        return
+    order = np.argsort(notes["start"], kind="stable")[:1000]  # the first 1000 in time
+    plots.piano_roll(
+        notes["pitch"][order], notes["start"][order], notes["end"][order], path,
+        f"{title}: first {len(order)} notes", velocity=notes["velocity"][order],
+    )  # fmt: skip
+
+
+def histogram_jobs(folder: Path, hist: NoteHistograms) -> list[Callable[[], Any]]:
+    """The parse stage's histograms and instrument counts, one callable each."""
     from functools import partial
 
     from pipelines import plots
 
-    roll_path = folder / "piano_roll.png"
-    if notes is None:
-        empty = np.zeros(0)
-        roll = partial(plots.piano_roll, empty, empty, empty, roll_path, "no notes")
-    else:
-        order = np.argsort(notes["start"], kind="stable")[:1000]  # the first 1000 in time
-        roll = partial(
-            plots.piano_roll, notes["pitch"][order], notes["start"][order], notes["end"][order],
-            roll_path, f"{title}: first {len(order)} notes", velocity=notes["velocity"][order],
-        )  # fmt: skip
     return [
         partial(
             plots.histogram, hist.pitch, np.arange(129) - 0.5, folder / "pitch.png", "Pitch",
@@ -1081,5 +1152,4 @@ def plot_jobs(
         ),
         partial(plots.bar_counts, program_names(hist), folder / "programs.png",
                 "Notes per instrument"),
-        roll,
     ]  # fmt: skip

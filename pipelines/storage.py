@@ -69,9 +69,10 @@ def atomic_dir(dest: Path) -> Iterator[Path]:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def write_json(path: Path, data: Any) -> None:
+def write_json(path: Path, data: Any, *, indent: int | None = 2) -> None:
+    """Atomically, keys sorted; `indent=None` for bulky state (json's fast C encoder)."""
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+        tmp.write_text(json.dumps(data, indent=indent, sort_keys=True, default=str) + "\n")
 
 
 def read_json(path: Path) -> Any:
