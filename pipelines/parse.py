@@ -630,6 +630,10 @@ def close_workers() -> None:
     with _ALL_LOCK:
         workers = list(_ALL_WORKERS)
         _ALL_WORKERS.clear()
+    for worker in workers:  # EOF to all first: they wind down side by side
+        if worker.proc is not None and worker.proc.stdin is not None:
+            with contextlib.suppress(OSError):
+                worker.proc.stdin.close()
     for worker in workers:
         worker.close()
 
@@ -1137,19 +1141,20 @@ def histogram_jobs(folder: Path, hist: NoteHistograms) -> list[Callable[[], Any]
 
     from pipelines import plots
 
+    # The plotter draws the odd ones in a fork: the bars (the slowest) pair with the pitches.
     return [
-        partial(
-            plots.histogram, hist.pitch, np.arange(129) - 0.5, folder / "pitch.png", "Pitch",
-            "pitch (MIDI)",
-        ),
+        partial(plots.bar_counts, program_names(hist), folder / "programs.png",
+                "Notes per instrument"),
         partial(
             plots.histogram, hist.step, STEP_EDGES, folder / "step.png",
             "Step (onset to onset in a track)", "quarter notes", log_x=True,
         ),
         partial(
+            plots.histogram, hist.pitch, np.arange(129) - 0.5, folder / "pitch.png", "Pitch",
+            "pitch (MIDI)",
+        ),
+        partial(
             plots.histogram, hist.duration, DURATION_EDGES, folder / "duration.png", "Duration",
             "quarter notes", log_x=True,
         ),
-        partial(plots.bar_counts, program_names(hist), folder / "programs.png",
-                "Notes per instrument"),
     ]  # fmt: skip
