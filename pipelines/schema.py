@@ -9,16 +9,19 @@ import pyarrow as pa
 
 NOTES = pa.schema(
     [
-        ("file_id", pa.string()),  # md5 of the file's bytes, hex
-        ("track", pa.int16()),
-        ("program", pa.int8()),
-        ("is_drum", pa.bool_()),
-        ("pitch", pa.int8()),
-        ("velocity", pa.int8()),
-        ("start", pa.float32()),  # seconds
-        ("end", pa.float32()),
-        ("start_beat", pa.float32()),  # quarter notes
-        ("end_beat", pa.float32()),
+        pa.field(name, type_, nullable=False)  # no nulls: Parquet skips definition levels
+        for name, type_ in [
+            ("file_id", pa.string()),  # md5 of the file's bytes, hex
+            ("track", pa.int16()),
+            ("program", pa.int8()),
+            ("is_drum", pa.bool_()),
+            ("pitch", pa.int8()),
+            ("velocity", pa.int8()),
+            ("start", pa.float32()),  # seconds
+            ("end", pa.float32()),
+            ("start_beat", pa.float32()),  # quarter notes
+            ("end_beat", pa.float32()),
+        ]
     ]
 )
 NOTES_SORT = ["file_id", "track", "start", "pitch"]
