@@ -47,7 +47,7 @@ TEST_HOOK_ENV = "LAKHFLOW_PARSE_TEST_HOOK"
 
 WORK_FORMAT = 3  # bump when the work folder's layout changes: old work is then ignored
 WORKER_START_S = 120.0
-WRITE_S = 120.0  # time a worker gets to finish its batch file, after its last file's answer
+WRITE_S = 120.0  # time a worker gets to write its part, after its last file's answer
 HEADER = struct.Struct("<Q")
 # The worker's answers are small (a row per file, the batch's histograms): a larger length is
 # a stream out of step, never a frame to allocate for.
@@ -108,17 +108,12 @@ def write_part(path: str, files: list[tuple[str, dict[str, np.ndarray]]]) -> Non
     from pipelines import schema
 
     files = sorted(files, key=lambda f: f[0])
-    ids = [file_id.encode() for file_id, _ in files]
     sizes = np.array([len(columns["pitch"]) for _, columns in files], dtype=np.int64)
-    offsets = np.zeros(len(ids) + 1, dtype=np.int32)
-    np.cumsum([len(i) for i in ids], out=offsets[1:])
-    dictionary = pa.Array.from_buffers(
-        pa.string(), len(ids), [None, pa.py_buffer(offsets), pa.py_buffer(b"".join(ids))]
-    )
     # Dictionary-encoded file_id, written as Parquet's dictionary page as is: no string column
     # of one 32-character id per note is ever built. Readers get plain strings (schema.NOTES),
     # since the Arrow schema is not stored and Parquet's own types say string, int8, ...
-    indices = _arrow(np.repeat(np.arange(len(ids), dtype=np.int32), sizes), pa.int32())
+    indices = _arrow(np.repeat(np.arange(len(files), dtype=np.int32), sizes), pa.int32())
+    dictionary = _strings([file_id for file_id, _ in files])
     arrays = [pa.DictionaryArray.from_arrays(indices, dictionary)]
     for f in list(schema.NOTES)[1:]:
         dtype = midi.COLUMN_DTYPES[f.name]
