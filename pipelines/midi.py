@@ -1,6 +1,6 @@
 """MIDI bytes -> note arrays, with symusic (fast, default) or pretty_midi, under one pairing policy.
 
-Both parsers give tick-level notes grouped into tracks; `assemble` turns them into the note
+Both parsers give tick-level notes grouped into tracks; `assemble_notes` turns them into the note
 table's columns (seconds from the tempo map, beats = ticks / ticks_per_beat) the same way.
 
 Note pairing policy (FIFO): a note-off (or a note-on with velocity 0) ends the EARLIEST still
@@ -201,7 +201,7 @@ def _policy_pretty_midi() -> Any:
             ]
 
         def _update_tick_to_time(self, max_tick: int) -> None:
-            pass  # seconds come from `assemble`'s tempo map, not a max_tick-long array
+            pass  # seconds come from `assemble_notes`'s tempo map, not a max_tick-long array
 
         def _load_metadata(self, midi_data: Any) -> None:
             pass  # key/time signatures and lyrics are not part of the note table
@@ -315,11 +315,6 @@ def note_order(
         order = np.argsort((end << 7) | velocity, kind="stable")
         order = order[np.argsort(key[order], kind="stable")]
     return order
-
-
-def assemble(tracks: list[TickTrack], tempos: list[tuple[int, int]], tpb: int) -> FileNotes:
-    """Tick tracks -> the note table's columns (see `assemble_notes`)."""
-    return assemble_notes(TickNotes.from_tracks(tracks), tempos, tpb)
 
 
 def assemble_notes(notes: TickNotes, tempos: list[tuple[int, int]], tpb: int) -> FileNotes:

@@ -1099,7 +1099,7 @@ class Plotter:
 
 def plotter_main() -> None:
     """The plotting process: imports matplotlib at once, then draws what arrives on stdin."""
-    from pipelines import plots
+    from pipelines import plots  # noqa: F401  (the slow import, done while the stage parses)
 
     while (request := _read_frame(sys.stdin.buffer)) is not None:
         kind, folder, *args = request
@@ -1128,7 +1128,6 @@ def plotter_main() -> None:
             _, status = os.waitpid(child, 0)
             if status != 0:
                 raise SystemExit(f"drawing the plots failed in the forked plotter ({status})")
-    del plots
 
 
 def draw_roll(path: Path, notes: dict[str, np.ndarray] | None, title: str) -> None:
