@@ -2,12 +2,18 @@
 
 `load(root, overrides)` reads params.yaml, applies `key=value` overrides written as for
 `dvc exp run -S`, and validates everything; a bad key or value raises `ParamsError` with
-one line that names the key and what is allowed.
+one line that names the key and what is allowed. Every float must be finite, and values with
+a physical range (rates, timeouts, sizes) have a ceiling, so a typo such as 1e30 for 1e-3 is
+refused here rather than trained on.
 """
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 import os
+import re
+from collections.abc import Hashable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -19,12 +25,22 @@ from pydantic_core import ErrorDetails
 from pipelines.errors import ParamsError
 
 PARAMS_FILE = "params.yaml"
+# MLflow forbids '/' and ':' in registered model names; '@' and '#', '?', '%' or spaces would
+# also break the models:/NAME@ALIAS URIs that name the champion. 256: the registry's column.
+MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+MODEL_NAME_MAX = 256
+TEMPERATURE_MAX = 100.0
+# pydantic names a union's branch in an error's location (`temperature.dict[str,float]`):
+# not a params key, so left out of the key an error names
+UNION_BRANCH = re.compile(r"(int|float|str|bool|list|dict)(\[.*\])?")
 
 
 class Section(BaseModel):
-    """A params section: unknown keys are errors, values are checked on assignment."""
+    """A params section: unknown keys are errors, values are checked on assignment, and no
+    float may be inf or nan (YAML's .inf and .nan pass every `gt`/`le` bound check otherwise, or
+    fail it with a misleading message)."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 LakhSource = Literal["lmd_full", "lmd_matched", "lmd_aligned", "clean_midi"]
@@ -38,9 +54,13 @@ class Download(Section):
     md5: str | None = Field(None, pattern=r"^[0-9a-fA-F]{32}$")
     sha256: str | None = Field(None, pattern=r"^[0-9a-fA-F]{64}$")
     path: str | None = None
-    max_member_mb: float = Field(64.0, gt=0)
+    # MIDI files and scores are kilobytes to a few megabytes; the cap refuses a decompression
+    # bomb by name, and at 10 GB it is no cap at all already.
+    max_member_mb: float = Field(64.0, gt=0, le=10_000)
     retries: int = Field(5, ge=0, le=50)
-    timeout_s: float = Field(30.0, gt=0)
+    # seconds without a byte from the server (connect and read): an hour of silence is a dead
+    # connection, which a retry serves better
+    timeout_s: float = Field(30.0, gt=0, le=3600)
     workers: int = Field(0, ge=0, description="processes converting scores to MIDI (0: cores)")
 
     @field_validator("md5", "sha256", mode="before")
@@ -63,8 +83,10 @@ class Parse(Section):
     parser: Literal["symusic", "pretty_midi"] = "symusic"
     workers: int = Field(0, ge=0, description="worker processes (0: cores)")
     part_files: int = Field(64, ge=1, le=100_000, description="files per batch and Parquet part")
-    timeout_s: float = Field(30.0, gt=0)
-    max_memory_mb: int = Field(2048, ge=64)
+    # per file: a MIDI file parses in milliseconds, so an hour is a hang, not a slow file
+    timeout_s: float = Field(30.0, gt=0, le=3600)
+    # a worker's address-space limit, in MiB (1 TiB: above any machine's memory)
+    max_memory_mb: int = Field(2048, ge=64, le=1 << 20)
     executor: Literal["local", "dask"] = "local"
     scheduler_address: str | None = None
 
@@ -75,15 +97,20 @@ class Sequences(Section):
     instrument: Literal["all", "most_common"] = "all"
     min_notes: int = Field(32, ge=2)
     time_unit: Literal["seconds", "beats"] = "beats"
-    max_step: float = Field(4.0, gt=0)
-    max_duration: float = Field(8.0, gt=0)
+    # Ceilings of the step and duration heads, in beats or seconds (time_unit); the bins spread
+    # over 0..max, so 1e30 would leave every note in the first bin. A thousand beats or seconds
+    # is longer than any rest or held note in music.
+    max_step: float = Field(4.0, gt=0, le=1000)
+    max_duration: float = Field(8.0, gt=0, le=1000)
     seq_length: int = Field(32, ge=2)
     stride: int = Field(1, ge=1)
     chunk_notes: int = Field(512, ge=3)
     split: dict[str, float] = Field(default_factory=lambda: {"train": 0.8, "val": 0.1, "test": 0.1})
     split_by: Literal["tune", "group", "file"] = "tune"
     seed: int = 42
-    shard_mb: float = Field(64.0, gt=0)
+    # a ceiling far above any useful shard (the default is 64 MiB): it refuses a typo such as
+    # 1e12, which the byte count int(shard_mb * 2**20) would otherwise take
+    shard_mb: float = Field(64.0, gt=0, le=65_536)
     transpose: int = Field(3, ge=0, le=24)
     bins: int = Field(16, ge=2, le=256)
     velocity_bins: int = Field(8, ge=1, le=127)
@@ -125,8 +152,12 @@ class Train(Section):
     units: int = Field(128, ge=1)
     embedding_dim: int = Field(32, ge=1)
     dropout: float = Field(0.2, ge=0, lt=1)
-    learning_rate: float = Field(0.002, gt=0)
-    clipnorm: float = Field(1.0, gt=0)
+    # Adam moves each weight by about learning_rate per step, and the weights start within +-1:
+    # above 1 every step overshoots and the loss diverges (1e30 trains a loss of 1e31).
+    learning_rate: float = Field(0.002, gt=0, le=1)
+    # the largest gradient norm let through: beyond 1000 it clips nothing these models produce,
+    # so a larger value is a typo, not a setting
+    clipnorm: float = Field(1.0, gt=0, le=1000)
     batch_size: int = Field(64, ge=1)
     epochs: int = Field(5, ge=1)
     patience: int = Field(2, ge=0)
@@ -137,7 +168,17 @@ class Train(Section):
     )
     seed: int = 42
     mixed_precision: Literal["auto", "on", "off"] = "auto"
-    model_name: str = Field("lakhflow-lstm", min_length=1)
+    model_name: str = Field("lakhflow-lstm", min_length=1, max_length=MODEL_NAME_MAX)
+
+    @field_validator("model_name")
+    @classmethod
+    def _model_name(cls, v: str) -> str:
+        if not MODEL_NAME.fullmatch(v):
+            raise ValueError(
+                "a registered model's name is letters, digits, '_', '.' and '-', starting with "
+                "a letter or digit (it is written into models:/NAME@ALIAS URIs)"
+            )
+        return v
 
     @field_validator("loss_weights")
     @classmethod
@@ -157,20 +198,24 @@ class Generate(Section):
         None, description="None: data/generated/; scheduled batches: batches/<date-time>/"
     )
     count: int = Field(8, ge=1)
-    notes: int = Field(128, ge=1)
-    seconds: float | None = Field(None, gt=0)
+    # The sampler adds one note per step until it has enough: 100 000 notes (hours of music) or
+    # an hour of new music is already more than a listener takes from one file.
+    notes: int = Field(128, ge=1, le=100_000)
+    seconds: float | None = Field(None, gt=0, le=3600)
     temperature: float | dict[str, float] = 1.0
     top_k: int = Field(0, ge=0)
     top_p: float = Field(0.95, gt=0, le=1)
     greedy: bool = False
-    repetition_penalty: float = Field(1.2, ge=1.0)
+    # CTRL's penalty divides a repeated pitch's logit: at 100 that pitch is never drawn already
+    repetition_penalty: float = Field(1.2, ge=1.0, le=100)
     repetition_window: int = Field(16, ge=0)
     seed: int = 0
     primer_midi: str | None = None
     primer_pitches: str | None = None
     primer_notes: int = Field(32, ge=1)
     program: int | str = "acoustic_grand_piano"
-    tempo_bpm: float | None = Field(None, gt=0)
+    # the tempi MIDI files hold stay far below 1000 bpm (sequences' tempo histogram ends there)
+    tempo_bpm: float | None = Field(None, gt=0, le=1000)
     name: str = Field("piece", pattern=r"^[A-Za-z0-9_.-]+$")
     wav: bool = True
 
@@ -180,6 +225,9 @@ class Generate(Section):
         values = v.values() if isinstance(v, dict) else [v]
         if any(t <= 0 for t in values):
             raise ValueError("temperature must be > 0")
+        # logits are divided by it: at 100 every head already samples near uniformly
+        if any(t > TEMPERATURE_MAX for t in values):
+            raise ValueError(f"temperature must be <= {TEMPERATURE_MAX:g}")
         if isinstance(v, dict) and not set(v) <= {"pitch", "step", "duration", "velocity"}:
             raise ValueError("per-head temperature keys are pitch, step, duration, velocity")
         return v
@@ -188,9 +236,20 @@ class Generate(Section):
 class Evaluate(Section):
     seed: int = 0
     kde_points: int = Field(256, ge=16)
-    ngrams: list[int] = Field(default_factory=lambda: [2, 4, 8])
+    ngrams: list[int] = Field(default_factory=lambda: [2, 4, 8], min_length=1)
     copy_threshold: int = Field(16, ge=2)
     max_test_windows: int = Field(20_000, ge=1)
+
+    @field_validator("ngrams")
+    @classmethod
+    def _ngrams(cls, v: list[int]) -> list[int]:
+        # Sizes are note counts, so at least 1. The report keys its rows by size: a repeated
+        # size would be computed twice and shown once, which is a typo rather than a wish.
+        if any(n < 1 for n in v):
+            raise ValueError("n-gram sizes are numbers of notes, each >= 1")
+        if len(set(v)) != len(v):
+            raise ValueError("n-gram sizes must be distinct")
+        return v
 
 
 class Promote(Section):
@@ -201,9 +260,43 @@ class Promote(Section):
 class Flows(Section):
     pipeline_cron: str = "0 2 * * *"
     generate_cron: str = "0 * * * *"
-    stage_timeout_s: float = Field(3600.0, gt=0)
+    # a week: Lakh end to end on a CPU takes hours, so a stage still running after a week hangs
+    stage_timeout_s: float = Field(3600.0, gt=0, le=7 * 86400)
     download_retries: int = Field(3, ge=0)
-    retry_delay_s: float = Field(10.0, ge=0)
+    # a day between retries is already longer than any outage worth waiting for in one run
+    retry_delay_s: float = Field(10.0, ge=0, le=86400)
+
+    @field_validator("pipeline_cron", "generate_cron")
+    @classmethod
+    def _cron(cls, v: str) -> str:
+        check_cron(v)
+        return v
+
+
+def check_cron(text: str) -> None:
+    """Raise ValueError unless Prefect's CronSchedule takes `text`: its own rule, applied with
+    its own parser (prefect._internal.schemas.validators.validate_cron_string)."""
+    if not _prefect_croniter().croniter.is_valid(text):
+        raise ValueError(
+            "expected a cron expression such as '0 2 * * *' (minute hour day month weekday)"
+        )
+    if any(field.casefold() in ("r", "h") for field in text.split()):
+        raise ValueError("random (R) and hashed (H) cron fields are not supported by Prefect")
+
+
+@functools.cache
+def _prefect_croniter() -> Any:
+    """Prefect's vendored croniter module, loaded from its file without importing the prefect
+    package: that import takes 1.7 s, which every stage would pay to check two strings."""
+    spec = importlib.util.find_spec("prefect")
+    if spec is None or spec.origin is None:
+        raise ParamsError("prefect is not installed: it is needed to check the flows' cron")
+    path = Path(spec.origin).parent / "_vendor" / "croniter" / "croniter.py"
+    croniter_spec = importlib.util.spec_from_file_location("lakhflow_prefect_croniter", path)
+    assert croniter_spec is not None and croniter_spec.loader is not None
+    module = importlib.util.module_from_spec(croniter_spec)
+    croniter_spec.loader.exec_module(module)
+    return module
 
 
 class Params(Section):
@@ -338,9 +431,9 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if len(parts) < 2 or not all(parts):
         raise ParamsError(f"override key {key!r} needs its stage prefix, such as download.limit")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
+        value = yaml.load(raw, Loader=UniqueKeyLoader) if raw.strip() else None
     except yaml.YAMLError as exc:
-        msg = f"{key}: value {raw!r} is not valid YAML ({exc.__class__.__name__})"
+        msg = f"{key}: value {raw!r} is not valid YAML ({_yaml_problem(exc)})"
         raise ParamsError(msg) from None
     return parts, value
 
@@ -358,8 +451,17 @@ def apply_overrides(tree: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return tree
 
 
+def _shown_error(errors: list[ErrorDetails]) -> ErrorDetails:
+    """The first error; where a value failed each branch of a union (a temperature as a number
+    or per head), the branch's error that got furthest into the value, which says what is wrong
+    with it rather than that it is not the other branch's type."""
+    first = errors[0]
+    same_key = [e for e in errors if e["loc"][:2] == first["loc"][:2]]
+    return max(same_key, key=lambda e: len(e["loc"]))  # the first of the deepest
+
+
 def _describe(error: ErrorDetails, model: type[BaseModel]) -> str:
-    loc = [str(p) for p in error["loc"]]
+    loc = [str(p) for p in error["loc"] if not UNION_BRANCH.fullmatch(str(p))]
     key = ".".join(loc)
     kind = error["type"]
     if kind == "extra_forbidden":
@@ -383,16 +485,62 @@ def validate(tree: dict[str, Any]) -> Params:
     try:
         return Params.model_validate(tree)
     except ValidationError as exc:
-        raise ParamsError(_describe(exc.errors()[0], Params)) from None
+        raise ParamsError(_describe(_shown_error(exc.errors()), Params)) from None
+
+
+class UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, except that a key twice in one mapping is an error: PyYAML keeps the
+    last silently, so the first value, the one a reader sees, would be ignored."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # `<<: *defaults` then overriding some of them is what merge keys are for
+            key = self.construct_object(key_node, deep=deep)
+            if not isinstance(key, Hashable):
+                continue  # the base class refuses unhashable keys with its own message
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None,
+                    None,
+                    f"duplicate key {key!r} (first on line {seen[key] + 1})",
+                    key_node.start_mark,
+                )
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """A YAML error as `line L, column C: what`, in one line."""
+    if isinstance(exc, yaml.MarkedYAMLError) and exc.problem_mark is not None:
+        mark = exc.problem_mark
+        return f"line {mark.line + 1}, column {mark.column + 1}: {exc.problem}"
+    return str(exc).splitlines()[0]
 
 
 def read_params(path: Path) -> dict[str, Any]:
-    if not path.exists():
-        return {}
+    """A params file's sections; every way it cannot be read is one line naming the file."""
     try:
-        tree = yaml.safe_load(path.read_text()) or {}
+        data = path.read_bytes()
+    except IsADirectoryError:
+        raise ParamsError(f"{path} is a folder, not a params file") from None
+    except FileNotFoundError:
+        raise ParamsError(f"{path} does not exist") from None
+    except OSError as exc:
+        raise ParamsError(f"cannot read {path}: {exc.strerror or exc}") from None
+    try:
+        text = data.decode("utf-8-sig")  # a byte-order mark from a Windows editor is harmless
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        byte = data[exc.start]
+        raise ParamsError(
+            f"{path.name} is not UTF-8 text (byte 0x{byte:02x} on line {line})"
+        ) from None
+    try:
+        tree = yaml.load(text, Loader=UniqueKeyLoader) or {}
     except yaml.YAMLError as exc:
-        raise ParamsError(f"{path.name} is not valid YAML: {exc}".splitlines()[0]) from None
+        raise ParamsError(f"{path.name} is not valid YAML: {_yaml_problem(exc)}") from None
     if not isinstance(tree, dict):
         raise ParamsError(f"{path.name} must hold a mapping of stage sections")
     return tree
@@ -403,9 +551,16 @@ def project_root() -> Path:
 
 
 def load(root: Path | None = None, overrides: list[str] | None = None) -> Config:
-    """Read and validate params.yaml under `root` (default: the current folder)."""
+    """Read and validate params.yaml under `root` (default: $LAKHFLOW_ROOT, else the current
+    folder). A root without params.yaml is refused: the stages would run on built-in defaults,
+    writing data/ wherever lakhflow happened to be started."""
     root = (root or project_root()).resolve()
     paths = Paths(root)
+    if not paths.params.exists() and not paths.params.is_symlink():
+        raise ParamsError(
+            f"no {PARAMS_FILE} in {root}: run lakhflow from the project's root "
+            "(or set LAKHFLOW_ROOT)"
+        )
     tree = apply_overrides(read_params(paths.params), overrides or [])
     return Config(params=validate(tree), paths=paths)
 

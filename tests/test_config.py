@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import types
+import typing
 from pathlib import Path
 
 import pytest
@@ -74,3 +76,233 @@ def test_cli_bad_key_in_params_file(project: Path) -> None:
     assert result.returncode == 2
     assert "train.epochz" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+# --------------------------------------------------------------------------- values that validate
+# but cannot work
+
+
+def _float_keys() -> list[str]:
+    """Every params key whose value is a float (alone, optional, or in a union); the floats
+    inside mappings are in test_floats_inside_mappings_must_be_finite."""
+    keys = []
+    for section, field in config.Params.model_fields.items():
+        model = field.annotation
+        assert isinstance(model, type) and issubclass(model, config.Section)
+        for name, inner in model.model_fields.items():
+            ann = inner.annotation
+            union = typing.get_origin(ann) in (typing.Union, types.UnionType)
+            if ann is float or (union and float in typing.get_args(ann)):
+                keys.append(f"{section}.{name}")
+    return keys
+
+
+FLOAT_KEYS = _float_keys()
+
+
+def test_float_keys_are_found() -> None:
+    assert {"train.learning_rate", "download.max_member_mb", "generate.temperature"} <= set(
+        FLOAT_KEYS
+    )
+
+
+@pytest.mark.parametrize("value", [".inf", "-.inf", ".nan"])
+@pytest.mark.parametrize("key", FLOAT_KEYS)
+def test_every_float_must_be_finite(key: str, value: str) -> None:
+    with pytest.raises(ParamsError) as info:
+        config.load(REPO, [f"{key}={value}"])
+    assert str(info.value).startswith(f"{key}: Input should be a finite number")
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [
+        ("sequences.split={train: .nan, val: 0.1, test: 0.1}", "sequences.split.train"),
+        ("train.loss_weights={pitch: .inf}", "train.loss_weights.pitch"),
+        ("generate.temperature={pitch: .inf}", "generate.temperature.pitch"),
+    ],
+)
+def test_floats_inside_mappings_must_be_finite(override: str, key: str) -> None:
+    with pytest.raises(ParamsError) as info:
+        config.load(REPO, [override])
+    assert str(info.value).startswith(f"{key}: Input should be a finite number")
+
+
+@pytest.mark.parametrize(
+    ("override", "needle"),
+    [
+        (
+            "train.learning_rate=1e30",
+            "train.learning_rate: Input should be less than or equal to 1",
+        ),
+        ("train.learning_rate=1.5", "train.learning_rate: Input should be less than or equal to 1"),
+        ("train.clipnorm=1e30", "train.clipnorm: Input should be less than or equal to 1000"),
+        ("download.max_member_mb=1e300", "download.max_member_mb: Input should be less than"),
+        ("download.timeout_s=1e9", "download.timeout_s: Input should be less than"),
+        ("parse.timeout_s=1e9", "parse.timeout_s: Input should be less than"),
+        ("parse.max_memory_mb=99999999999", "parse.max_memory_mb: Input should be less than"),
+        ("sequences.shard_mb=1e12", "sequences.shard_mb: Input should be less than"),
+        ("sequences.max_step=1e9", "sequences.max_step: Input should be less than"),
+        ("generate.temperature=1e30", "generate.temperature: temperature must be <= 100"),
+        ("generate.temperature={pitch: 1e30}", "temperature must be <= 100"),
+        ("generate.repetition_penalty=1e9", "generate.repetition_penalty: Input should be less"),
+        ("generate.tempo_bpm=1e6", "generate.tempo_bpm: Input should be less than"),
+        ("generate.seconds=1e9", "generate.seconds: Input should be less than"),
+        ("flows.stage_timeout_s=1e30", "flows.stage_timeout_s: Input should be less than"),
+        ("flows.retry_delay_s=1e30", "flows.retry_delay_s: Input should be less than"),
+    ],
+)
+def test_absurd_values_are_refused(override: str, needle: str) -> None:
+    with pytest.raises(ParamsError) as info:
+        config.load(REPO, [override])
+    assert needle in str(info.value)
+
+
+def test_bounds_are_inclusive_where_sensible() -> None:
+    cfg = config.load(REPO, ["train.learning_rate=1", "generate.temperature=100"])
+    assert cfg.train.learning_rate == 1
+    assert cfg.generate.temperature == 100
+
+
+@pytest.mark.parametrize(
+    ("ngrams", "needle"),
+    [
+        ("[0, -1]", "each >= 1"),
+        ("[2, 0]", "each >= 1"),
+        ("[2, 4, 2]", "must be distinct"),
+        ("[]", "at least 1 item"),
+    ],
+)
+def test_ngram_sizes(ngrams: str, needle: str) -> None:
+    with pytest.raises(ParamsError) as info:
+        config.load(REPO, [f"evaluate.ngrams={ngrams}"])
+    assert str(info.value).startswith("evaluate.ngrams:")
+    assert needle in str(info.value)
+    assert config.load(REPO, ["evaluate.ngrams=[1, 3]"]).evaluate.ngrams == [1, 3]
+
+
+CRONS = ["0 2 * * *", "*/15 * * * *", "0 0 1 1 *", "0 9-17 * * mon-fri", "0 2 * * * 30",
+         "not a cron", "", "0 2 * *", "61 * * * *", "0 25 * * *", "R 2 * * *", "H * * * *",
+         "0 2 * * * * * *", "0 2 31 2 *"]  # fmt: skip
+
+
+@pytest.mark.parametrize("cron", CRONS)
+def test_cron_is_checked_as_prefect_checks_it(cron: str) -> None:
+    from prefect.client.schemas.schedules import CronSchedule
+
+    try:
+        CronSchedule(cron=cron)
+        prefect_takes = True
+    except ValueError:
+        prefect_takes = False
+    for key in ("pipeline_cron", "generate_cron"):
+        try:
+            config.validate({"flows": {key: cron}})
+            taken = True
+        except ParamsError as exc:
+            assert str(exc).startswith(f"flows.{key}: ")
+            taken = False
+        assert taken == prefect_takes, (key, cron)
+
+
+def test_not_a_cron_names_the_key() -> None:
+    with pytest.raises(ParamsError, match=r"^flows.pipeline_cron: expected a cron expression"):
+        config.load(REPO, ["flows.pipeline_cron=not a cron"])
+
+
+@pytest.mark.parametrize(
+    "name", ["a/b@c", "a:b", "a@b", "a b", "-a", ".a", "_a", "a#b", "é", "x" * 257]
+)
+def test_model_name_fits_the_registry_and_its_uris(name: str) -> None:
+    with pytest.raises(ParamsError, match=r"^train.model_name: "):
+        config.validate({"train": {"model_name": name}})
+
+
+@pytest.mark.parametrize("name", ["lakhflow-lstm", "Model_2.v3", "7bars", "x" * 256])
+def test_model_names_the_registry_takes(name: str) -> None:
+    from mlflow.store.artifact.utils.models import _parse_model_uri
+    from mlflow.utils.validation import _validate_model_name
+
+    assert config.validate({"train": {"model_name": name}}).train.model_name == name
+    _validate_model_name(name)  # MLflow's own rule: raises for a name it refuses
+    assert _parse_model_uri(f"models:/{name}@champion").name == name
+
+
+# --------------------------------------------------------------------------- the params file
+
+
+def _project_with(tmp_path: Path, content: bytes | None) -> Path:
+    if content is not None:
+        (tmp_path / "params.yaml").write_bytes(content)
+    return tmp_path
+
+
+def test_missing_params_file_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ParamsError) as info:
+        config.load(tmp_path)
+    assert str(info.value) == (
+        f"no params.yaml in {tmp_path}: run lakhflow from the project's root (or set LAKHFLOW_ROOT)"
+    )
+
+
+def test_params_file_that_is_a_folder(tmp_path: Path) -> None:
+    (tmp_path / "params.yaml").mkdir()
+    with pytest.raises(ParamsError, match=r"params\.yaml is a folder, not a params file"):
+        config.load(tmp_path)
+
+
+def test_params_file_not_utf8(tmp_path: Path) -> None:
+    _project_with(tmp_path, b"download:\n  source: bach\n  limit: \xff5\n")
+    with pytest.raises(ParamsError) as info:
+        config.load(tmp_path)
+    assert str(info.value) == "params.yaml is not UTF-8 text (byte 0xff on line 3)"
+
+
+def test_params_file_with_a_byte_order_mark(tmp_path: Path) -> None:
+    _project_with(tmp_path, "\ufeffdownload:\n  limit: 5\n".encode())
+    assert config.load(tmp_path).download.limit == 5
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (
+            "download:\n  source: bach\n limit: 5\n",
+            "params.yaml is not valid YAML: line 3, column 2: "
+            "expected <block end>, but found '<block mapping start>'",
+        ),
+        (
+            "download:\n  source: [bach\n",
+            "params.yaml is not valid YAML: line 3, column 1: "
+            "expected ',' or ']', but got '<stream end>'",
+        ),
+        (
+            "download:\n  limit: 5\n  source: bach\n  limit: 3\n",
+            "params.yaml is not valid YAML: line 4, column 3: duplicate key 'limit' "
+            "(first on line 2)",
+        ),
+        (
+            "train:\n  epochs: 1\ndownload: {}\ntrain:\n  epochs: 2\n",
+            "params.yaml is not valid YAML: line 4, column 1: duplicate key 'train' "
+            "(first on line 1)",
+        ),
+    ],
+)
+def test_params_file_yaml_errors_name_line_and_column(
+    tmp_path: Path, text: str, message: str
+) -> None:
+    _project_with(tmp_path, text.encode())
+    with pytest.raises(ParamsError) as info:
+        config.load(tmp_path)
+    assert str(info.value) == message
+
+
+def test_merge_keys_may_override_what_they_merge(tmp_path: Path) -> None:
+    text = "x-base: &base {limit: 5, source: bach}\ndownload:\n  <<: *base\n  limit: 3\n"
+    tree = config.UniqueKeyLoader(text).get_single_data()
+    assert tree["download"] == {"limit": 3, "source": "bach"}
+
+
+def test_duplicate_key_in_an_override() -> None:
+    with pytest.raises(ParamsError, match="duplicate key 'pitch'"):
+        config.load(REPO, ["train.loss_weights={pitch: 1, pitch: 2}"])

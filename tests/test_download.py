@@ -96,6 +96,13 @@ def server(http_server: ArchiveServer, lakh_archive: bytes) -> ArchiveServer:
     return http_server
 
 
+@pytest.fixture(autouse=True)
+def params_file(tmp_path: Path) -> None:
+    """The tests here use tmp_path as the project root: a params.yaml there, of the built-in
+    defaults (a root without one is refused)."""
+    (tmp_path / "params.yaml").write_text("download: {}\n")
+
+
 def lakh_cfg(root: Path, server: ArchiveServer, *extra: str) -> config.Config:
     archive_md5 = md5(server.files["lmd_full.tar.gz"])
     return config.load(
