@@ -1,27 +1,34 @@
 """The `lakhflow` command: one entry point for the stages, presets, the MLflow UI and the flows.
 
 `lakhflow <stage> [-S key=value ...]` calls the same `run(cfg)` that DVC and Prefect call.
-A problem the user can fix ends with one line on stderr and a non-zero exit, not a traceback.
+A problem the user can fix ends with one line on stderr and a non-zero exit, not a traceback:
+bad params (checked before TensorFlow is imported, so in well under a second), and a disk that
+is full, read-only or not ours to write.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import errno
 import importlib
 import logging
 import os
 import shlex
+import signal
+import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import yaml
 
-from pipelines import config
-from pipelines.errors import LakhflowError, ParamsError
+from pipelines import config, storage
+from pipelines.errors import WRITE_ERRNOS, LakhflowError, ParamsError, reason
 
 STAGES = ("download", "parse", "sequences", "train", "generate", "evaluate", "promote")
 log = logging.getLogger("lakhflow")
@@ -64,7 +71,11 @@ def _import_tensorflow_quietly() -> None:
 
 def run_stage(stage: str, overrides: list[str] | None = None) -> dict[str, Any]:
     """Load and validate params, then run one stage's `run(cfg)`; returns its metrics."""
-    cfg = config.load(overrides=overrides)
+    return run_loaded(stage, config.load(overrides=overrides))
+
+
+def run_loaded(stage: str, cfg: config.Config) -> dict[str, Any]:
+    """Run one stage's `run(cfg)` with params already loaded and validated."""
     module = importlib.import_module(f"pipelines.{stage}")
     runner: Callable[[config.Config], dict[str, Any]] = module.run
     return runner(cfg)
@@ -72,13 +83,13 @@ def run_stage(stage: str, overrides: list[str] | None = None) -> dict[str, Any]:
 
 def _stage_command(args: argparse.Namespace) -> int:
     started = time.perf_counter()
-    run_stage(args.command, args.set)
+    run_loaded(args.command, args.cfg)
     log.info("lakhflow %s: done in %.1f s", args.command, time.perf_counter() - started)
     return 0
 
 
 def _preset_command(args: argparse.Namespace) -> int:
-    cfg = config.load()
+    cfg: config.Config = args.cfg
     overrides = config.load_preset(cfg.paths, args.name)
     sets = " ".join(f"-S {shlex.quote(o)}" for o in overrides)
     if args.run:
@@ -117,24 +128,93 @@ def _plain(tree: Any) -> Any:
     return tree
 
 
+UI_HOST = "127.0.0.1"
+STOP_GRACE_S = 10.0
+
+
 def _ui_command(args: argparse.Namespace) -> int:
     from pipelines import tracking
 
-    cfg = config.load()
+    cfg: config.Config = args.cfg
+    port: int = args.port
+    if not 1 <= port <= 65535:
+        raise ParamsError(f"--port {port} is not a TCP port (1-65535)")
+    _check_port_free(port)
     cmd = [
         sys.executable, "-m", "mlflow", "ui",
         "--backend-store-uri", tracking.tracking_uri(cfg.paths),
         "--default-artifact-root", cfg.paths.mlartifacts.as_uri(),
-        "--host", "127.0.0.1", "--port", str(args.port),
+        "--host", UI_HOST, "--port", str(port),
     ]  # fmt: skip
-    print(f"MLflow UI on http://127.0.0.1:{args.port} (Ctrl-C to stop)")
-    return subprocess.call(cmd, cwd=cfg.paths.root)
+    print(f"MLflow UI on http://{UI_HOST}:{port} (Ctrl-C to stop)", flush=True)
+    # MLflow's server is a tree of processes (uvicorn, its job consumers): in a group of its own,
+    # so that stopping `lakhflow ui` in any way ends all of it, not just the first process.
+    with _signals_interrupt():
+        server = subprocess.Popen(cmd, cwd=cfg.paths.root, start_new_session=True)
+        try:
+            return server.wait()
+        finally:
+            _end_group(server)
+
+
+def _check_port_free(port: int) -> None:
+    """Refuse a port something already listens on, before MLflow prints a page of traceback."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        # as the server binds it: a port left in TIME_WAIT by the last run is free to take
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((UI_HOST, port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                msg = f"port {port} on {UI_HOST} is in use; choose another with --port"
+                raise LakhflowError(msg) from None
+            raise LakhflowError(f"cannot listen on {UI_HOST}:{port}: {reason(exc)}") from None
+
+
+@contextlib.contextmanager
+def _signals_interrupt() -> Iterator[None]:
+    """SIGTERM and SIGHUP stop like Ctrl-C does (KeyboardInterrupt), so `finally` blocks run;
+    by default they end Python at once and leave its children running."""
+
+    def interrupt(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _end_group(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM to the process group `proc` leads, SIGKILL to what is left after a grace (or at
+    once, should a second Ctrl-C cut the grace short)."""
+    try:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        deadline = time.monotonic() + STOP_GRACE_S
+        while time.monotonic() < deadline and _group_alive(proc.pid):
+            proc.poll()  # reaps the leader, so its zombie does not count as alive
+            time.sleep(0.1)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 def _summary_command(args: argparse.Namespace) -> int:
     from pipelines import summary
 
-    print(summary.summarize(config.load().paths))
+    print(summary.summarize(args.cfg.paths))
     return 0
 
 
@@ -211,19 +291,37 @@ def main(argv: list[str] | None = None) -> int:
     _quiet_tensorflow()
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     args = build_parser().parse_args(argv)
-    if args.command in TF_STAGES:
-        _import_tensorflow_quietly()
     if getattr(args, "model_uri", None):
         args.set.append(f"generate.model_uri={args.model_uri}")
     try:
+        # params before TensorFlow: a mistake in them is answered at once, not after its import
+        args.cfg = config.load(overrides=getattr(args, "set", None))
+        if args.command in TF_STAGES:
+            _import_tensorflow_quietly()
         code: int = args.func(args)
     except LakhflowError as exc:
         print(f"lakhflow {args.command}: error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except OSError as exc:
+        if exc.errno not in WRITE_ERRNOS:
+            raise
+        print(f"lakhflow {args.command}: error: {_os_problem(exc)}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"lakhflow {args.command}: interrupted", file=sys.stderr)
         return 130
     return code
+
+
+def _os_problem(exc: OSError) -> str:
+    """A disk or permission error that no stage named: the path it names, as the user knows it.
+    Only the errors of a full disk or a read-only mount are surely writes."""
+    failed = storage.write_error(exc)
+    if failed is None:  # no file name: nothing better to say than the reason
+        return f"cannot write: {reason(exc)}"
+    if exc.errno in (errno.EACCES, errno.EPERM):  # a read or a write
+        return f"cannot access {failed.filename}: {reason(exc)}"
+    return str(failed)
 
 
 if __name__ == "__main__":

@@ -126,6 +126,8 @@ def midi_primer(path: Path, length: int, manifest: dict[str, Any]) -> tuple[Note
     """The first `length` notes of a MIDI file's first (non-drum) track, and its tempo."""
     import pretty_midi
 
+    if path.is_dir():
+        raise LakhflowError(f"generate.primer_midi: {path} is a folder, not a MIDI file")
     if not path.is_file():
         raise LakhflowError(f"generate.primer_midi: {path} does not exist")
     try:

@@ -1,7 +1,8 @@
 """Atomic outputs, resumable work folders and content hashes, shared by every stage.
 
 A stage writes each output under a temporary name and renames it into place, so an
-interrupted stage never leaves a half-written output that looks whole.
+interrupted stage never leaves a half-written output that looks whole, and a write that fails
+(disk full, read-only) leaves the previous output as it was and says which output it was.
 """
 
 from __future__ import annotations
@@ -9,13 +10,18 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import os
+import re
 import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from pipelines.errors import WRITE_ERRNOS, WriteError
+
 CHUNK = 1 << 20
+TMP_NAME = re.compile(r"\.(?P<name>.+)\.tmp-[0-9a-f]{8}")
 
 
 def file_digest(path: Path, algorithm: str = "md5") -> str:
@@ -36,6 +42,25 @@ def _tmp_name(dest: Path) -> Path:
     return dest.with_name(f".{dest.name}.tmp-{uuid.uuid4().hex[:8]}")
 
 
+def published_path(path: Path | str) -> Path:
+    """The path a user knows for one under a temporary name of `_tmp_name`:
+    `data/.notes.tmp-1a2b3c4d/stats.json` -> `data/notes/stats.json`."""
+    return Path(*[m["name"] if (m := TMP_NAME.fullmatch(p)) else p for p in Path(path).parts])
+
+
+def write_error(exc: OSError, dest: Path | None = None) -> WriteError | None:
+    """A disk or permission error as a `WriteError` naming the output it was writing: the file
+    the error names (the target of a copy or rename first), else `dest`. None for any other
+    OSError, which is not the user's to fix."""
+    if isinstance(exc, WriteError) or exc.errno not in WRITE_ERRNOS:
+        return None
+    named = exc.filename2 or exc.filename or dest
+    if named is None:
+        return None
+    path = published_path(os.fsdecode(named) if isinstance(named, bytes) else str(named))
+    return WriteError(exc.errno, exc.strerror, str(path))
+
+
 @contextlib.contextmanager
 def atomic_path(dest: Path) -> Iterator[Path]:
     """Yield a temporary file path beside `dest`; on success it replaces `dest` at once."""
@@ -44,6 +69,10 @@ def atomic_path(dest: Path) -> Iterator[Path]:
     try:
         yield tmp
         tmp.replace(dest)
+    except OSError as exc:
+        if failed := write_error(exc, dest):
+            raise failed from exc
+        raise
     finally:
         if tmp.exists():
             tmp.unlink()
@@ -64,6 +93,10 @@ def atomic_dir(dest: Path) -> Iterator[Path]:
         tmp.replace(dest)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
+    except OSError as exc:
+        if failed := write_error(exc, dest):
+            raise failed from exc
+        raise
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

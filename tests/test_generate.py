@@ -18,6 +18,7 @@ from conftest import notes_project
 
 from pipelines import cli, config, dataset, generate, sequences
 from pipelines.config import Train
+from pipelines.errors import LakhflowError
 from pipelines.generator import log_generator
 from pipelines.model import build_model
 
@@ -177,6 +178,7 @@ def test_a_registered_model_generates_and_gets_the_files(
         ("generate.top_p=1.5", 2, "top_p"),
         ("generate.program=kazoo_supreme", 2, "unknown General MIDI instrument 'kazoo_supreme'"),
         ("generate.primer_midi=notes.txt", 1, "notes.txt is not a MIDI file"),
+        ("generate.primer_midi=primers", 1, "primers is a folder, not a MIDI file"),
         ("generate.model_uri=models:/lakhflow-lstm@champion", 1, "does not exist"),
     ],
 )
@@ -191,9 +193,17 @@ def test_bad_settings_end_with_one_line(
     message: str,
 ) -> None:
     (project / "notes.txt").write_text("not a MIDI file\n")
+    (project / "primers").mkdir(exist_ok=True)
     monkeypatch.setenv("LAKHFLOW_ROOT", str(project))
     assert cli.main(["generate", "-S", override, "-S", f"generate.output={tmp_path}"]) == code
     err = capsys.readouterr().err
     errors = [line for line in err.splitlines() if line.startswith("lakhflow generate: error:")]
     assert len(errors) == 1 and message in errors[0], err
     assert "Traceback" not in err and not (tmp_path / "manifest.json").exists()
+
+
+def test_a_folder_as_primer_midi_is_called_a_folder(tmp_path: Path) -> None:
+    with pytest.raises(LakhflowError, match=r"^generate\.primer_midi: .* is a folder, not a MIDI"):
+        generate.midi_primer(tmp_path, 8, {})
+    with pytest.raises(LakhflowError, match=r"^generate\.primer_midi: .* does not exist$"):
+        generate.midi_primer(tmp_path / "nowhere.mid", 8, {})
