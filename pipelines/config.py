@@ -155,8 +155,8 @@ class Train(Section):
     # Adam moves each weight by about learning_rate per step, and the weights start within +-1:
     # above 1 every step overshoots and the loss diverges (1e30 trains a loss of 1e31).
     learning_rate: float = Field(0.002, gt=0, le=1)
-    # the largest gradient norm let through: beyond 1000 it clips nothing these models produce,
-    # so a larger value is a typo, not a setting
+    # the largest gradient norm let through, and it is clipped off anyway well before 1000: a
+    # larger value only comes from a typo (1e30 for 1.0), as nothing it would change is left
     clipnorm: float = Field(1.0, gt=0, le=1000)
     batch_size: int = Field(64, ge=1)
     epochs: int = Field(5, ge=1)
@@ -225,7 +225,8 @@ class Generate(Section):
         values = v.values() if isinstance(v, dict) else [v]
         if any(t <= 0 for t in values):
             raise ValueError("temperature must be > 0")
-        # logits are divided by it: at 100 every head already samples near uniformly
+        # logits are divided by it: at 100 a spread of tens between logits is under one, near
+        # uniform sampling already, so more is a typo
         if any(t > TEMPERATURE_MAX for t in values):
             raise ValueError(f"temperature must be <= {TEMPERATURE_MAX:g}")
         if isinstance(v, dict) and not set(v) <= {"pitch", "step", "duration", "velocity"}:
