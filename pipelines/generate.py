@@ -7,6 +7,7 @@ loads, a WAV of each piece, and `manifest.json`; logs them to the MLflow run of 
 from __future__ import annotations
 
 import logging
+import os
 import time
 import wave
 from dataclasses import dataclass, field
@@ -252,14 +253,14 @@ def sampling_of(g: Generate) -> Sampling:
 def output_dir(cfg: Config) -> Path:
     if cfg.generate.output is None:
         return cfg.paths.generated
-    path = Path(cfg.generate.output)
-    return path if path.is_absolute() else cfg.paths.root / path
+    path = Path(cfg.generate.output).expanduser()
+    # normpath, not resolve: `..` must not hide the folder meant, and links stay as named
+    return Path(os.path.normpath(path if path.is_absolute() else cfg.paths.root / path))
 
 
 def log_to_run(cfg: Config, run_id: str | None, folder: Path) -> bool:
     """Log the written files as artifacts of the model's MLflow run."""
     from mlflow import MlflowClient
-    from mlflow.exceptions import MlflowException
 
     if not run_id:
         log.warning("the model has no MLflow run (no run.json): files not logged to MLflow")
@@ -268,8 +269,11 @@ def log_to_run(cfg: Config, run_id: str | None, folder: Path) -> bool:
     try:
         tracking.setup(cfg.paths)
         MlflowClient().log_artifacts(run_id, str(folder), artifact_path=where)
-    except MlflowException as exc:
-        log.warning("could not log to MLflow run %s: %s", run_id, str(exc).splitlines()[0])
+    except tracking.errors(LakhflowError) as exc:
+        log.warning(
+            "could not log to MLflow run %s (%s); the pieces are kept in %s",
+            run_id, tracking.reason(exc), folder,
+        )  # fmt: skip
         return False
     return True
 
@@ -284,6 +288,10 @@ def run(cfg: Config) -> dict[str, Any]:
     except ParamsError as exc:
         raise ParamsError(f"generate.program: {exc}") from None
     sampling = sampling_of(g)
+    dest = output_dir(cfg)
+    declared = dest == cfg.paths.generated
+    storage.claim_dir(dest, "generate", declared=declared)  # before any work, and again at the end
+    tracking.check(cfg.paths)
     source = load_source(cfg)
     sampler = source.sampler or NoteSampler(source.model, source.manifest)
     manifest = source.manifest
@@ -308,9 +316,8 @@ def run(cfg: Config) -> dict[str, Any]:
     if g.wav and not wav:
         log.info("FluidSynth not installed; no WAV")
     scale = seconds_per_unit(manifest, tempo)
-    dest = output_dir(cfg)
     described = []
-    with storage.atomic_dir(dest) as tmp:
+    with storage.atomic_dir(dest, "generate", declared=declared) as tmp:
         for i, piece in enumerate(pieces):
             stem = f"{g.name}-{i:03d}"
             midi = to_midi(piece, manifest, tempo, program)

@@ -675,7 +675,7 @@ def run(cfg: Config) -> dict[str, Any]:
             raise LakhflowError(msg)
         bins = make_bins(hist_step, hist_duration, hist_velocity, p)
 
-        with storage.atomic_dir(cfg.paths.shards) as out:
+        with storage.atomic_dir(cfg.paths.shards, "sequences") as out:
             shard_bytes = int(p.shard_mb * (1 << 20))
             split_shards = {
                 name: write_shards(spill.shuffled(name), out, name, shard_bytes)

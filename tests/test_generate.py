@@ -192,8 +192,50 @@ def test_bad_settings_end_with_one_line(
 ) -> None:
     (project / "notes.txt").write_text("not a MIDI file\n")
     monkeypatch.setenv("LAKHFLOW_ROOT", str(project))
-    assert cli.main(["generate", "-S", override, "-S", f"generate.output={tmp_path}"]) == code
+    out = tmp_path / "out"  # tmp_path holds the MLflow store: generate would refuse it
+    assert cli.main(["generate", "-S", override, "-S", f"generate.output={out}"]) == code
     err = capsys.readouterr().err
     errors = [line for line in err.splitlines() if line.startswith("lakhflow generate: error:")]
     assert len(errors) == 1 and message in errors[0], err
-    assert "Traceback" not in err and not (tmp_path / "manifest.json").exists()
+    assert "Traceback" not in err and not out.exists()
+
+
+def _listing(root: Path) -> dict[str, int]:
+    """Every file and folder of the project and its size, but the stage locks' own files."""
+    files = (p for p in sorted(root.rglob("*")) if ".lakhflow/locks" not in p.as_posix())
+    return {p.relative_to(root).as_posix(): p.stat().st_size for p in files}
+
+
+@pytest.mark.parametrize("target", ["mine", "data", ".", "params.yaml"])
+def test_generate_never_replaces_a_folder_it_did_not_write(
+    project: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    target: str,
+) -> None:
+    """A user's folder, every stage's outputs, the project itself or a file: refused with one
+    line before any work, and nothing in them is touched."""
+    mine = project / "mine"
+    mine.mkdir(exist_ok=True)
+    (mine / "song.mid").write_bytes(b"a user's own file")
+    before = _listing(project)
+    monkeypatch.setenv("LAKHFLOW_ROOT", str(project))
+    assert cli.main(["generate", "-S", f"generate.output={target}"]) == 1
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("lakhflow generate: error:")]
+    assert len(errors) == 1, err
+    assert "refusing to replace" in errors[0] or "is not a folder" in errors[0], errors[0]
+    assert "Traceback" not in err
+    assert _listing(project) == before
+
+
+def test_a_folder_generate_wrote_is_marked_and_replaced_next_time(
+    project: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "batch"
+    run_stage(project, out, "generate.count=1")
+    assert (out / ".lakhflow-owner").read_text() == "generate\n"
+    run_stage(project, out, "generate.count=2", "generate.name=again")
+    assert sorted(p.name for p in out.glob("*.mid")) == ["again-000.mid", "again-001.mid"]
+    assert [p.name for p in tmp_path.iterdir()] == ["batch"]  # no temporary left beside it
