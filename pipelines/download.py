@@ -156,7 +156,7 @@ def _from_remote(cfg: Config, dest: Path) -> Published:
     marker = work / "verified.json"
     max_bytes = _max_bytes(d)
     metrics: dict[str, Any] = {"downloaded_bytes": 0, "resumed_from": 0}
-    verified = storage.read_json(marker) if marker.exists() else None
+    verified = storage.read_state(marker)
     if verified and download.exists() and download.stat().st_size == verified["size"]:
         log.info("download: %s was fetched and verified before; publishing it", remote.url)
     else:
