@@ -337,7 +337,9 @@ def chunk_example(
     feature["file_id"].bytes_list.value.append(file_id.encode())
     feature["track"].int64_list.value.append(track)
     feature["offset"].int64_list.value.append(lo)
-    return example.SerializeToString()
+    # A proto map's wire order follows a hash seeded per process: without `deterministic`
+    # two runs on the same notes write other shard bytes, and DVC reruns training.
+    return example.SerializeToString(deterministic=True)
 
 
 def shuffle_key(seed: int, file_id: str, track: int, offset: int) -> int:

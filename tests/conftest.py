@@ -72,6 +72,24 @@ def run_cli(args: list[str], cwd: Path, timeout: float = 600, **env: str):
     )
 
 
+def another_hash_seed() -> str:
+    """A PYTHONHASHSEED other than this process's, for the second build of a determinism test:
+    set and dict-of-str orders differ between the two builds even where the suite's runner fixed
+    the seed (a proto map's order differs whatever the seed: it follows addresses)."""
+    return "2" if os.environ.get("PYTHONHASHSEED") == "1" else "1"
+
+
+def folder_digests(folder: Path) -> dict[str, str]:
+    """sha256 of every file under `folder`, by its path inside it: what DVC compares."""
+    import hashlib
+
+    return {
+        path.relative_to(folder).as_posix(): hashlib.sha256(path.read_bytes()).hexdigest()
+        for path in sorted(folder.rglob("*"))
+        if path.is_file()
+    }
+
+
 @pytest.fixture
 def project(tmp_path: Path) -> Path:
     """A fresh project folder with the repo's params.yaml and dvc.yaml, as a git repo."""

@@ -16,7 +16,7 @@ import mido
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from conftest import make_project, run_cli, tool_env
+from conftest import another_hash_seed, folder_digests, make_project, run_cli, tool_env
 
 from pipelines import config, parse, schema
 
@@ -254,6 +254,23 @@ def pa_concat(tables: list):
     import pyarrow as pa
 
     return pa.concat_tables(tables)
+
+
+@pytest.mark.slow
+def test_another_process_with_one_worker_writes_the_same_bytes(
+    baseline: Path, corpus_archive: Path, tmp_path: Path
+) -> None:
+    """The baseline parsed with two workers; one worker, in another process with another hash
+    seed, must write every part, files.parquet, stats.json and plot byte for byte: DVC hashes
+    data/notes, and any other byte reruns sequences and training."""
+    root = new_project(tmp_path / "project", corpus_archive)
+    done = run_cli(["lakhflow", "parse", "-S", "parse.workers=1"], cwd=root, timeout=300,
+                   PYTHONHASHSEED=another_hash_seed())  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    first = folder_digests(baseline / "data" / "notes")
+    assert sum(name.startswith("notes-") for name in first) > 1
+    assert {"files.parquet", "stats.json", "plots/piano_roll.png"} <= first.keys()
+    assert folder_digests(root / "data" / "notes") == first
 
 
 @pytest.mark.slow
