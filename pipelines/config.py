@@ -39,6 +39,9 @@ class Download(Section):
     sha256: str | None = Field(None, pattern=r"^[0-9a-fA-F]{64}$")
     path: str | None = None
     max_member_mb: float = Field(64.0, gt=0)
+    max_mb: float = Field(
+        4096.0, gt=0, allow_inf_nan=False, description="cap of a download of unknown size (MB)"
+    )
     retries: int = Field(5, ge=0, le=50)
     timeout_s: float = Field(30.0, gt=0)
     workers: int = Field(0, ge=0, description="processes converting scores to MIDI (0: cores)")

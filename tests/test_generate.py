@@ -1,10 +1,12 @@
 """The generate stage end to end: real shards (music21 chorales through the sequences stage), a
 model built by the train stage's builder (random weights: generation needs no training), MIDI
-read back with pretty_midi, WAVs, MLflow artifacts, the registry, and one-line errors."""
+read back with pretty_midi, WAVs (measured: length and loudness), MLflow artifacts, the registry,
+and one-line errors."""
 
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import wave
 from pathlib import Path
@@ -57,6 +59,18 @@ def pieces(out: Path) -> list[pretty_midi.PrettyMIDI]:
     return [pretty_midi.PrettyMIDI(str(p)) for p in sorted(out.glob("piece-*.mid"))]
 
 
+def wav_samples(path: Path) -> tuple[np.ndarray, int]:
+    """A 16-bit mono WAV's samples as floats in [-1, 1], and its sample rate."""
+    with wave.open(str(path)) as audio:
+        assert audio.getnchannels() == 1 and audio.getsampwidth() == 2
+        frames = audio.readframes(audio.getnframes())
+        return np.frombuffer(frames, dtype="<i2") / 32768.0, audio.getframerate()
+
+
+def rms(samples: np.ndarray) -> float:
+    return float(np.sqrt(np.mean(samples**2))) if samples.size else 0.0
+
+
 def test_pieces_are_midi_with_the_primer_length_and_instrument_asked_for(
     project: Path, tmp_path: Path, mlflow_uri: str
 ) -> None:
@@ -70,6 +84,9 @@ def test_pieces_are_midi_with_the_primer_length_and_instrument_asked_for(
     out = root / "data" / "generated"
     metrics = generate.run(config.load(root))
     assert metrics["pieces"] == 3 and metrics["notes"] == 3 * NOTES and metrics["wav"]
+    # FluidSynth where its system library is installed, else tinysoundfont: a WAV either way.
+    assert metrics["wav_renderer"] is not None
+    assert metrics["wav_renderer"] == generate.wav_renderer()
 
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["model"] == {"uri": "models:/lakhflow-lstm/1", "version": "1",
@@ -92,30 +109,69 @@ def test_pieces_are_midi_with_the_primer_length_and_instrument_asked_for(
             chunk[i : i + PRIMER] == primer for chunk in test_pitches for i in range(len(chunk))
         )
         assert (out / piece["piano_roll"]).stat().st_size > 1000
-        with wave.open(str(out / piece["wav"])) as audio:
-            samples = np.frombuffer(audio.readframes(audio.getnframes()), dtype="<i2")
-        assert audio.getframerate() == 22050 and np.abs(samples).max() > 1000  # not silence
+        assert piece["wav_renderer"] == metrics["wav_renderer"]
+        samples, rate = wav_samples(out / piece["wav"])
+        assert rate == 22050 and np.abs(samples).max() > 0.5  # not silence
 
     logged = {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id, "generated")}
     assert {"generated/piece-000.mid", "generated/piece-000.png", "generated/piece-000.wav",
             "generated/manifest.json"} <= logged  # fmt: skip
 
 
+def test_tinysoundfont_sounds_the_notes_when_they_play_and_rings_out_a_second(
+    tmp_path: Path,
+) -> None:
+    midi = pretty_midi.PrettyMIDI(initial_tempo=120)
+    piano = pretty_midi.Instrument(program=0)
+    piano.notes = [pretty_midi.Note(100, 60, 0.0, 0.5), pretty_midi.Note(100, 64, 2.5, 3.0)]
+    midi.instruments = [piano]
+    generate.write_wav(midi, tmp_path / "two-notes.wav", "tinysoundfont")
+    samples, rate = wav_samples(tmp_path / "two-notes.wav")
+    assert len(samples) / rate == pytest.approx(3.0 + generate.RELEASE_S, abs=2 / rate)
+
+    def loudness(start: float, end: float) -> float:
+        return rms(samples[int(start * rate) : int(end * rate)])
+
+    assert loudness(0.0, 0.5) > 0.05 and loudness(2.5, 3.0) > 0.05  # each note sounds
+    assert loudness(1.5, 2.5) < 0.005  # and the rest between them is silent
+    assert loudness(3.5, 4.0) < 0.005  # the release has died away by the end
+
+
+def test_the_stage_renders_wavs_with_tinysoundfont_where_asked(
+    project: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Forced even where FluidSynth loads, so this renderer is tested on every machine."""
+    out = tmp_path / "out"
+    cfg = config.load(project, [f"generate.output={out}", "generate.count=2"])
+    with caplog.at_level(logging.INFO, logger="pipelines.generate"):
+        metrics = generate.run(cfg, renderer="tinysoundfont")
+    assert metrics["wav"] and metrics["wav_renderer"] == "tinysoundfont"
+    manifest = json.loads((out / "manifest.json").read_text())
+    for piece in manifest["pieces"]:
+        assert piece["wav_renderer"] == "tinysoundfont"
+        samples, rate = wav_samples(out / piece["wav"])
+        end = pretty_midi.PrettyMIDI(str(out / piece["midi"])).get_end_time()
+        assert len(samples) / rate == pytest.approx(end + generate.RELEASE_S, abs=2 / rate)
+        assert np.abs(samples).max() > 0.5 and rms(samples) > 0.02  # not silence
+    (summary,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("generate:")]
+    assert "WAVs (tinysoundfont)" in summary
+
+
 def test_the_same_seed_gives_the_same_bytes_in_another_process_and_another_seed_other_music(
     project: Path, tmp_path: Path
 ) -> None:
     """Once in this process, once as `lakhflow generate` in another (another hash seed), into
-    the same folder (the manifest records it): every MIDI, piano roll and the manifest alike.
-    No WAV: FluidSynth is not on every machine this runs on."""
+    the same folder (the manifest records it): every MIDI, piano roll, WAV and the manifest."""
     out = tmp_path / "out"
-    run_stage(project, out, "generate.wav=false")
+    run_stage(project, out)
     first = folder_digests(out)
     shutil.rmtree(out)
-    done = run_cli(["lakhflow", "generate", "-S", f"generate.output={out}", "-S",
-                    "generate.wav=false"], project, PYTHONHASHSEED=another_hash_seed())  # fmt: skip
+    done = run_cli(["lakhflow", "generate", "-S", f"generate.output={out}"], project,
+                   PYTHONHASHSEED=another_hash_seed())  # fmt: skip
     assert done.returncode == 0, done.stderr
-    assert sorted(first) == ["manifest.json", "piece-000.mid", "piece-000.png", "piece-001.mid",
-                             "piece-001.png", "piece-002.mid", "piece-002.png"]  # fmt: skip
+    assert sorted(first) == [".lakhflow-owner", "manifest.json"] + [
+        f"piece-00{i}.{kind}" for i in range(3) for kind in ("mid", "png", "wav")
+    ]
     assert folder_digests(out) == first
 
     run_stage(project, tmp_path / "c", "generate.wav=false", "generate.seed=1")
