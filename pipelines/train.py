@@ -226,6 +226,7 @@ def resume(work: Path, load: Any) -> tuple[Progress, Any]:
     in a warning, then left behind: the run goes on from the last good checkpoint."""
     candidates: list[Path] = [work / STATE_FILE, *sorted(work.glob("epoch-*.json"), reverse=True)]
     run_id = None
+    damaged: set[str] = set()  # state.json names the newest epoch's checkpoint too
     for path in candidates:
         data = storage.read_state(path)
         if data is None:
@@ -236,11 +237,12 @@ def resume(work: Path, load: Any) -> tuple[Progress, Any]:
             log.warning("%s is not a training state (%s); it is ignored", path, exc)
             continue
         run_id = run_id or progress.run_id
-        if not progress.checkpoint:
-            continue  # the run had started, no epoch was done
+        if not progress.checkpoint or progress.checkpoint in damaged:
+            continue  # the run had started, no epoch was done; or tried already
         try:
             model = load(work / progress.checkpoint)
         except Exception as exc:  # Keras raises many kinds for a cut or missing .keras file
+            damaged.add(progress.checkpoint)
             log.warning(
                 "checkpoint %s is damaged or missing (%s); falling back to the one before it",
                 work / progress.checkpoint, tracking.reason(exc),
