@@ -14,9 +14,11 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 
 setup: $(STAMP)
 
+# --no-deps: the lock is complete (pip freeze), and tinysoundfont's declared pyaudio, which has
+# no Linux wheel and which rendering a WAV never imports, must not be built.
 $(STAMP): requirements.lock pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --disable-pip-version-check -r requirements.lock
+	$(BIN)/python -m pip install -q --disable-pip-version-check --no-deps -r requirements.lock
 	$(BIN)/python -m pip install -q --disable-pip-version-check --no-deps -e .
 	@touch $(STAMP)
 

@@ -27,14 +27,21 @@ def generate_batch(overrides: list[str]) -> dict[str, Any]:
 
 
 def _batch_dir(batches: Path) -> Path:
-    """`batches/<YYYYmmdd-HHMMSS>`, with a suffix if a batch of the same second exists."""
+    """A new, empty `batches/<YYYYmmdd-HHMMSS>`, with a suffix if a batch of the same second
+    exists. Created here, atomically, so two batches never share a folder and no batch
+    replaces another."""
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    batches.mkdir(parents=True, exist_ok=True)
     candidate = batches / stamp
     n = 1
-    while candidate.exists():
-        n += 1
-        candidate = batches / f"{stamp}-{n}"
-    return candidate
+    while True:
+        try:
+            candidate.mkdir()
+        except FileExistsError:
+            n += 1
+            candidate = batches / f"{stamp}-{n}"
+            continue
+        return candidate
 
 
 @flow(name="batch-generate")

@@ -19,6 +19,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -75,10 +76,20 @@ def run_stage(stage: str, overrides: list[str] | None = None) -> dict[str, Any]:
 
 
 def run_loaded(stage: str, cfg: config.Config) -> dict[str, Any]:
-    """Run one stage's `run(cfg)` with params already loaded and validated."""
+    """Run one stage's `run(cfg)` with params already loaded and validated.
+
+    One run at a time per stage and project (a second one is refused), and temporaries that
+    killed runs left in data/ are cleared first.
+    """
     module = importlib.import_module(f"pipelines.{stage}")
     runner: Callable[[config.Config], dict[str, Any]] = module.run
-    return runner(cfg)
+    # Generate writing elsewhere than data/generated/ (a scheduled batch) has a lock of its own,
+    # so batches run beside the pipeline's generate stage.
+    elsewhere = stage == "generate" and cfg.generate.output is not None
+    with storage.stage_lock(cfg.paths.work, stage, "output" if elsewhere else None):
+        for folder in (cfg.paths.root / "data", cfg.paths.metrics):
+            storage.remove_stale_temporaries(folder)
+        return runner(cfg)
 
 
 def _stage_command(args: argparse.Namespace) -> int:
@@ -287,8 +298,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _stop_on_sigterm() -> None:
+    """SIGTERM (a cancelled flow run, `kill`) unwinds like Ctrl-C, so a stage's cleanup runs:
+    no temporary output is left behind and worker processes are stopped."""
+
+    def stop(signum: int, frame: Any) -> None:
+        raise SystemExit(128 + signum)
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, stop)
+
+
 def main(argv: list[str] | None = None) -> int:
     _quiet_tensorflow()
+    _stop_on_sigterm()
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     args = build_parser().parse_args(argv)
     if getattr(args, "model_uri", None):

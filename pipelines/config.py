@@ -57,6 +57,9 @@ class Download(Section):
     # MIDI files and scores are kilobytes to a few megabytes; the cap refuses a decompression
     # bomb by name, and at 10 GB it is no cap at all already.
     max_member_mb: float = Field(64.0, gt=0, le=10_000)
+    max_mb: float = Field(
+        4096.0, gt=0, allow_inf_nan=False, description="cap of a download of unknown size (MB)"
+    )
     retries: int = Field(5, ge=0, le=50)
     # seconds without a byte from the server (connect and read): an hour of silence is a dead
     # connection, which a retry serves better

@@ -71,6 +71,7 @@ class Remote:
     md5: str | None
     sha256: str | None
     lakh: bool
+    max_bytes: int  # download.max_mb: the cap where neither `size` nor the server gives one
 
 
 @dataclass
@@ -136,14 +137,15 @@ def run(cfg: Config) -> dict[str, Any]:
 
 def remote_for(d: Download) -> Remote:
     """The URL and expected size/checksums of a Lakh or `url` source, with the overrides applied."""
+    max_bytes = int(d.max_mb * 1_000_000)
     if d.source in LAKH:
         size, md5 = LAKH[d.source]
         url = d.url or f"{LAKH_BASE}{d.source}.tar.gz"
         if d.md5 or d.sha256:  # another file than the published one: its size is not known
-            return Remote(url, None, d.md5, d.sha256, lakh=True)
-        return Remote(url, size, md5, None, lakh=True)
+            return Remote(url, None, d.md5, d.sha256, lakh=True, max_bytes=max_bytes)
+        return Remote(url, size, md5, None, lakh=True, max_bytes=max_bytes)
     if d.source == "url" and d.url:
-        return Remote(d.url, None, d.md5, d.sha256, lakh=False)
+        return Remote(d.url, None, d.md5, d.sha256, lakh=False, max_bytes=max_bytes)
     raise LakhflowError(f"download.source {d.source!r} is not fetched over HTTP")
 
 
@@ -156,7 +158,7 @@ def _from_remote(cfg: Config, dest: Path) -> Published:
     marker = work / "verified.json"
     max_bytes = _max_bytes(d)
     metrics: dict[str, Any] = {"downloaded_bytes": 0, "resumed_from": 0}
-    verified = storage.read_json(marker) if marker.exists() else None
+    verified = storage.read_state(marker)
     if verified and download.exists() and download.stat().st_size == verified["size"]:
         log.info("download: %s was fetched and verified before; publishing it", remote.url)
     else:
@@ -209,6 +211,11 @@ class Partial:
 
     def restart(self) -> None:
         self.path.write_bytes(b"")
+        self._restart_hashes()
+
+    def discard(self) -> None:
+        """Delete the bytes so far: they are not the file asked for, and must not be resumed."""
+        self.path.unlink(missing_ok=True)
         self._restart_hashes()
 
     def append(self, handle: BinaryIO, block: bytes) -> None:
@@ -313,7 +320,16 @@ def _transfer(
                 f"{remote.url} is {whole} bytes, expected {remote.size}: not the published "
                 "file (set download.md5 or download.sha256 for another file)"
             )
+        if whole is not None and remote.size is None and whole > remote.max_bytes:
+            partial.discard()
+            raise LakhflowError(
+                f"{remote.url} is {whole} bytes, over the cap of download.max_mb="
+                f"{remote.max_bytes / 1e6:g} (MB); nothing was kept: raise download.max_mb to "
+                "fetch it"
+            )
         expected = whole if whole is not None else remote.size
+        # A server may stream without end: stop before the file grows past the most it may have.
+        cap = expected if expected is not None else remote.max_bytes
         bar.reset(total=expected)
         bar.update(partial.size)
         with open(partial.path, "ab") as handle:
@@ -324,11 +340,33 @@ def _transfer(
                     raise _Transient(_describe(exc)) from None
                 if not block:
                     break
+                if partial.size + len(block) > cap:
+                    partial.discard()
+                    raise _over_cap(remote, cap, whole)
                 partial.append(handle, block)
                 bar.update(len(block))
         if expected is not None and partial.size < expected:
             raise _Transient(f"the connection closed after {partial.size} of {expected} bytes")
     return True
+
+
+def _over_cap(remote: Remote, cap: int, announced: int | None) -> LakhflowError:
+    """The one line for a server that sent more than the file may have."""
+    if remote.size is not None:
+        why = (
+            f"more than the published {remote.size} bytes: not the published file (set "
+            "download.md5 or download.sha256 for another file)"
+        )
+    elif announced is not None:
+        why = f"more than the {announced} bytes it announced"
+    else:
+        why = (
+            f"more than the cap of {cap} bytes (download.max_mb={cap / 1e6:g}) without saying "
+            "its size; raise download.max_mb if the file is meant to be bigger"
+        )
+    return LakhflowError(
+        f"download of {remote.url} stopped: the server sent {why}; the partial file was deleted"
+    )
 
 
 def _content_range(header: str | None) -> tuple[int, int | None]:
@@ -514,19 +552,53 @@ def _rank(path: Path) -> int:
     return SCORE_SUFFIXES.index(path.suffix.lower())
 
 
-def folder_items(folder: Path) -> list[Item]:
-    """MIDI files and scores under `folder`, named by their path in it (`Chopin/piece1.mid`).
+@dataclass
+class Folder:
+    """The music files found in a folder, and how many links leading out of it were skipped."""
+
+    files: dict[str, Path]  # name in the archive (the file's real path in the folder) -> path
+    links_outside: int = 0
+
+
+def walk_folder(folder: Path) -> Folder:
+    """MIDI files and scores under `folder`, without leaving it through a link.
+
+    A link (to a file or a folder) that resolves outside `folder` is skipped and counted: a
+    `leak.mid -> /etc/shadow` must not be packed into the archive. A link that stays inside is
+    followed, and each file is taken once, under its real path, so neither a second link to
+    it nor a link loop adds anything. Hidden files and folders are left out.
+    """
+    root = folder.resolve()
+    found = Folder({})
+    walked: set[Path] = set()
+    pending = [root]
+    while pending:
+        directory = pending.pop()
+        if directory in walked:
+            continue
+        walked.add(directory)
+        for entry in sorted(directory.iterdir()):
+            if entry.name.startswith("."):
+                continue
+            real = Path(os.path.realpath(entry))  # unlike Path.resolve, no raise on a link loop
+            if not real.is_relative_to(root):
+                found.links_outside += 1
+                continue
+            if any(part.startswith(".") for part in real.relative_to(root).parts):
+                continue
+            if real.is_dir():
+                pending.append(real)
+            elif real.is_file() and real.suffix.lower() in FOLDER_SUFFIXES:
+                found.files[real.relative_to(root).as_posix()] = real
+    return found
+
+
+def folder_items(found: dict[str, Path]) -> list[Item]:
+    """The files of a folder as items named by their path in it (`Chopin/piece1.mid`).
 
     A score becomes `<name>.mid`, or `<name>.<suffix>.mid` where a MIDI file or another score
-    already has that name. Hidden files and folders are left out.
+    already has that name.
     """
-    found = {
-        p.relative_to(folder).as_posix(): p
-        for p in folder.rglob("*")
-        if p.suffix.lower() in FOLDER_SUFFIXES
-        and p.is_file()
-        and not any(part.startswith(".") for part in p.relative_to(folder).parts)
-    }
     items = {
         name: Item(name, path) for name, path in found.items() if not Item(name, path).is_score
     }
@@ -546,13 +618,22 @@ def _from_path(cfg: Config, dest: Path) -> Published:
     if not source.exists():
         raise LakhflowError(f"download.path {d.path!r} does not exist (looked at {source})")
     if source.is_dir():
-        items = folder_items(source)
+        folder = walk_folder(source)
+        items = folder_items(folder.files)
+        outside = folder.links_outside
+        skipped = f" ({outside} links leading out of it skipped)" if outside else ""
         if not items:
             raise LakhflowError(
                 f"download.path {d.path!r} holds no MIDI (.mid, .midi) or scores "
-                "(.krn, .abc, .mxl, .musicxml, .xml)"
+                f"(.krn, .abc, .mxl, .musicxml, .xml){skipped}"
             )
-        return _build(cfg, items, dest)
+        published = _build(cfg, items, dest)
+        published.metrics["links_outside"] = outside
+        if outside:
+            published.notes.append(
+                f"{outside} links leading out of download.path skipped (never followed)"
+            )
+        return published
     with open(source, "rb") as f:
         if f.read(2) != b"\x1f\x8b":
             raise LakhflowError(

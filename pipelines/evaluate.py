@@ -668,7 +668,6 @@ def log_to_mlflow(
     """Metrics and artifacts into the model's run; headline figures as registered-version tags."""
     import mlflow
     from mlflow import MlflowClient
-    from mlflow.exceptions import MlflowException
 
     tracking.setup(cfg.paths)
     run_id = inputs.run_info.get("run_id")
@@ -690,11 +689,11 @@ def log_to_mlflow(
             tags |= {"splits_sha256": result["splits_sha256"], "source": result["source"]}
             for key, value in tags.items():
                 client.set_model_version_tag(name, str(version), key, value)
-    except MlflowException as exc:
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    except tracking.errors() as exc:
         raise LakhflowError(
-            f"cannot log to the model's MLflow run {run_id} ({first}); "
-            "is MLFLOW_TRACKING_URI the store the model was trained in?"
+            f"cannot log to the model's MLflow run {run_id} ({tracking.reason(exc)}); "
+            "is MLFLOW_TRACKING_URI the store the model was trained in? eval.json and the "
+            "report are written: run `lakhflow evaluate` again to log them"
         ) from None
 
 
@@ -780,6 +779,7 @@ def evaluate_music(
 
 
 def run(cfg: Config) -> dict[str, Any]:
+    tracking.check(cfg.paths)  # an unreachable server fails now, not after the scoring
     inputs = read_inputs(cfg)
     manifest = inputs.manifest
     log.info("scoring the model on the test split ...")
@@ -822,7 +822,7 @@ def run(cfg: Config) -> dict[str, Any]:
     result["music"] = music
 
     out = cfg.paths.root / "data" / "evaluation"
-    with storage.atomic_dir(out) as tmp:
+    with storage.atomic_dir(out, "evaluate") as tmp:
         pictures = plot_distributions(
             comparisons, gen, real,
             {int(n): v for n, v in music["distinct_ngrams"].items()}, tmp / "plots",

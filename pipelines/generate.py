@@ -1,17 +1,19 @@
 """Generate stage: the trained model (data/model/ or an MLflow URI) and primers -> new music.
 
-Writes `data/generated/<name>-NNN.mid` (primer first), a piano-roll PNG and, where FluidSynth
-loads, a WAV of each piece, and `manifest.json`; logs them to the MLflow run of the model.
+Writes `data/generated/<name>-NNN.mid` (primer first), a piano-roll PNG and a WAV of each piece
+(rendered by FluidSynth where its system library loads, else by tinysoundfont, in-process), and
+`manifest.json`; logs them to the MLflow run of the model.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import time
 import wave
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -37,6 +39,11 @@ log = logging.getLogger(__name__)
 # variety for a batch, without reading a whole Lakh-sized test split.
 PRIMER_CANDIDATES = 4096
 SAMPLE_RATE = 22050
+# As pretty_midi's FluidSynth rendering does: the last notes ring out for a second.
+RELEASE_S = 1.0
+# FluidSynth sounds better, but needs a system library (libfluidsynth); tinysoundfont is a
+# wheel that renders the same SoundFont in-process, so a WAV needs nothing installed by hand.
+Renderer = Literal["fluidsynth", "tinysoundfont"]
 
 
 @dataclass
@@ -224,9 +231,80 @@ def fluidsynth_loads() -> bool:
     return True
 
 
-def write_wav(midi: Any, path: Path) -> None:
-    """Render with the General MIDI soundfont pretty_midi ships (TimGM6mb.sf2), 16-bit mono."""
-    audio = np.asarray(midi.fluidsynth(fs=SAMPLE_RATE), dtype=np.float64)
+def tinysoundfont_loads() -> bool:
+    try:
+        import tinysoundfont  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def wav_renderer() -> Renderer | None:
+    """FluidSynth where it loads, else tinysoundfont; None where neither does."""
+    if fluidsynth_loads():
+        return "fluidsynth"
+    if tinysoundfont_loads():
+        return "tinysoundfont"
+    return None
+
+
+def general_midi_soundfont() -> Path:
+    """The General MIDI SoundFont pretty_midi ships (TimGM6mb.sf2), which its FluidSynth uses."""
+    import pretty_midi
+
+    return Path(pretty_midi.__file__).parent / "TimGM6mb.sf2"
+
+
+def tinysoundfont_audio(midi: Any) -> np.ndarray:
+    """The piece's notes played on the General MIDI SoundFont, mono float samples.
+
+    Each instrument gets its own MIDI channel (drums channel 10), as FluidSynth would play the
+    file; the audio lasts until the last note ends plus RELEASE_S, as pretty_midi's does.
+    """
+    import tinysoundfont
+
+    synth = tinysoundfont.Synth(samplerate=SAMPLE_RATE)
+    soundfont = synth.sfload(str(general_midi_soundfont()))
+    melodic = [c for c in range(16) if c != 9]
+    events: list[tuple[float, int, int, int, int]] = []  # (seconds, on, channel, pitch, velocity)
+    for i, instrument in enumerate(midi.instruments):
+        channel = 9 if instrument.is_drum else melodic[i % len(melodic)]
+        try:
+            synth.program_select(channel, soundfont, 0, instrument.program, instrument.is_drum)
+        except RuntimeError:  # a program the SoundFont lacks: program 0, as pretty_midi for drums
+            synth.program_select(channel, soundfont, 0, 0, instrument.is_drum)
+        for note in instrument.notes:
+            events.append((note.start, 1, channel, note.pitch, note.velocity))
+            events.append((note.end, 0, channel, note.pitch, 0))
+    events.sort()  # a note's end before another's start at the same time, as FluidSynth
+    total = int(np.ceil((midi.get_end_time() + RELEASE_S) * SAMPLE_RATE))
+    stereo = np.zeros((total, 2), np.float32)
+    done = 0
+
+    def play_until(sample: int) -> None:
+        nonlocal done
+        if sample > done:
+            stereo[done:sample] = np.frombuffer(synth.generate(sample - done), np.float32).reshape(
+                -1, 2
+            )
+            done = sample
+
+    for seconds, on, channel, pitch, velocity in events:
+        play_until(min(round(seconds * SAMPLE_RATE), total))
+        if on:
+            synth.noteon(channel, pitch, velocity)
+        else:
+            synth.noteoff(channel, pitch)
+    play_until(total)
+    return stereo.mean(axis=1)
+
+
+def write_wav(midi: Any, path: Path, renderer: Renderer) -> None:
+    """Render with the General MIDI SoundFont pretty_midi ships, 16-bit mono."""
+    if renderer == "fluidsynth":
+        audio = np.asarray(midi.fluidsynth(fs=SAMPLE_RATE), dtype=np.float64)
+    else:
+        audio = tinysoundfont_audio(midi).astype(np.float64)
     peak = float(np.abs(audio).max()) if audio.size else 0.0
     if peak > 0:
         audio = audio / peak * 0.9
@@ -254,14 +332,14 @@ def sampling_of(g: Generate) -> Sampling:
 def output_dir(cfg: Config) -> Path:
     if cfg.generate.output is None:
         return cfg.paths.generated
-    path = Path(cfg.generate.output)
-    return path if path.is_absolute() else cfg.paths.root / path
+    path = Path(cfg.generate.output).expanduser()
+    # normpath, not resolve: `..` must not hide the folder meant, and links stay as named
+    return Path(os.path.normpath(path if path.is_absolute() else cfg.paths.root / path))
 
 
 def log_to_run(cfg: Config, run_id: str | None, folder: Path) -> bool:
     """Log the written files as artifacts of the model's MLflow run."""
     from mlflow import MlflowClient
-    from mlflow.exceptions import MlflowException
 
     if not run_id:
         log.warning("the model has no MLflow run (no run.json): files not logged to MLflow")
@@ -270,13 +348,17 @@ def log_to_run(cfg: Config, run_id: str | None, folder: Path) -> bool:
     try:
         tracking.setup(cfg.paths)
         MlflowClient().log_artifacts(run_id, str(folder), artifact_path=where)
-    except MlflowException as exc:
-        log.warning("could not log to MLflow run %s: %s", run_id, str(exc).splitlines()[0])
+    except tracking.errors(LakhflowError) as exc:
+        log.warning(
+            "could not log to MLflow run %s (%s); the pieces are kept in %s",
+            run_id, tracking.reason(exc), folder,
+        )  # fmt: skip
         return False
     return True
 
 
-def run(cfg: Config) -> dict[str, Any]:
+def run(cfg: Config, *, renderer: Renderer | None = None) -> dict[str, Any]:
+    """The stage. `renderer` picks the WAV renderer; None: the best that loads here."""
     from pipelines.instruments import program_number
     from pipelines.plots import piano_roll
 
@@ -286,6 +368,10 @@ def run(cfg: Config) -> dict[str, Any]:
     except ParamsError as exc:
         raise ParamsError(f"generate.program: {exc}") from None
     sampling = sampling_of(g)
+    dest = output_dir(cfg)
+    declared = dest == cfg.paths.generated
+    storage.claim_dir(dest, "generate", declared=declared)  # before any work, and again at the end
+    tracking.check(cfg.paths)
     source = load_source(cfg)
     sampler = source.sampler or NoteSampler(source.model, source.manifest)
     manifest = source.manifest
@@ -306,13 +392,12 @@ def run(cfg: Config) -> dict[str, Any]:
     primed = len(primers.notes)
     made = sum(len(p) - primed for p in pieces)
 
-    wav = g.wav and fluidsynth_loads()
+    wav = (renderer or wav_renderer()) if g.wav else None
     if g.wav and not wav:
-        log.info("FluidSynth not installed; no WAV")
+        log.info("neither FluidSynth nor tinysoundfont loads; no WAV")
     scale = seconds_per_unit(manifest, tempo)
-    dest = output_dir(cfg)
     described = []
-    with storage.atomic_dir(dest) as tmp:
+    with storage.atomic_dir(dest, "generate", declared=declared) as tmp:
         for i, piece in enumerate(pieces):
             stem = f"{g.name}-{i:03d}"
             midi = to_midi(piece, manifest, tempo, program)
@@ -329,12 +414,13 @@ def run(cfg: Config) -> dict[str, Any]:
                 primer_end=float(start[primed]) if 0 < primed < len(piece) else None,
             )
             if wav:
-                write_wav(midi, tmp / f"{stem}.wav")
+                write_wav(midi, tmp / f"{stem}.wav", wav)
             described.append(
                 {
                     "midi": f"{stem}.mid",
                     "piano_roll": f"{stem}.png",
                     "wav": f"{stem}.wav" if wav else None,
+                    "wav_renderer": wav,
                     "notes": len(piece),
                     "generated_notes": len(piece) - primed,
                     "seconds": round(float(midi.get_end_time()), 3),
@@ -369,10 +455,16 @@ def run(cfg: Config) -> dict[str, Any]:
         primed * len(pieces),
         made,
         rate,
-        " and WAVs" if wav else "",
+        f" and WAVs ({wav})" if wav else "",
         dest,
         source.uri,
         f" (version {source.version})" if source.version else "",
         f"; logged to MLflow run {source.run_id}" if logged else "",
     )
-    return {"pieces": len(pieces), "notes": made, "notes_per_s": round(rate, 1), "wav": wav}
+    return {
+        "pieces": len(pieces),
+        "notes": made,
+        "notes_per_s": round(rate, 1),
+        "wav": wav is not None,
+        "wav_renderer": wav,
+    }

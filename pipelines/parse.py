@@ -734,12 +734,35 @@ class RunStore:
         from pipelines import storage
 
         for meta_path in sorted(folder.glob("run-*.json")):
-            meta = storage.read_json(meta_path)
             run = int(meta_path.stem.removeprefix("run-"))
-            self._add(meta)
             self.runs = max(self.runs, run + 1)
+            meta = storage.read_state(meta_path)
+            if meta is not None and self._whole(meta_path, meta):
+                self._add(meta)
         for stray in folder.glob("*.tmp"):
             stray.unlink()  # a worker killed while writing
+
+    def _whole(self, meta_path: Path, meta: Any) -> bool:
+        """Whether every part a run names is there and readable with the notes it counted; a
+        run that fails is dropped, so its batches are parsed again rather than trusted."""
+        import pyarrow.parquet as pq
+
+        try:
+            for batch, notes in meta["batches"]:
+                part = self.batch_path(int(batch))
+                try:
+                    whole = not notes or pq.read_metadata(part).num_rows == int(notes)
+                except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError
+                    raise ValueError(f"{part.name}: {exc}") from None
+                if not whole:
+                    raise ValueError(f"{part.name} holds other notes than the run counted")
+        except (ValueError, KeyError, TypeError) as exc:
+            log.warning(
+                "%s names a damaged part (%s); its batches are parsed again", meta_path, exc
+            )
+            meta_path.unlink(missing_ok=True)
+            return False
+        return True
 
     def _add(self, meta: dict[str, Any]) -> None:
         self.part_notes.update((batch, notes) for batch, notes in meta["batches"])
@@ -951,7 +974,7 @@ def parse_all(
     parse_s = time.perf_counter() - started
 
     rows = {**store.rows, **duplicates}
-    with storage.atomic_dir(cfg.paths.notes) as out:
+    with storage.atomic_dir(cfg.paths.notes, "parse") as out:
         summary = write_outputs(out, store, rows, plotter, pictures)
     elapsed = time.perf_counter() - started
     n_files = len(rows)

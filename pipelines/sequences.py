@@ -337,7 +337,9 @@ def chunk_example(
     feature["file_id"].bytes_list.value.append(file_id.encode())
     feature["track"].int64_list.value.append(track)
     feature["offset"].int64_list.value.append(lo)
-    return example.SerializeToString()
+    # A proto map's wire order follows a hash seeded per process: without `deterministic`
+    # two runs on the same notes write other shard bytes, and DVC reruns training.
+    return example.SerializeToString(deterministic=True)
 
 
 def shuffle_key(seed: int, file_id: str, track: int, offset: int) -> int:
@@ -675,7 +677,7 @@ def run(cfg: Config) -> dict[str, Any]:
             raise LakhflowError(msg)
         bins = make_bins(hist_step, hist_duration, hist_velocity, p)
 
-        with storage.atomic_dir(cfg.paths.shards) as out:
+        with storage.atomic_dir(cfg.paths.shards, "sequences") as out:
             shard_bytes = int(p.shard_mb * (1 << 20))
             split_shards = {
                 name: write_shards(spill.shuffled(name), out, name, shard_bytes)

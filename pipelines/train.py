@@ -5,6 +5,7 @@ the run is tracked in MLflow and registered as a new `train.model_name` version,
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import logging
 import math
@@ -37,6 +38,7 @@ from pipelines.schema import HEADS
 log = logging.getLogger(__name__)
 
 STATE_FILE = "state.json"
+KEEP_EPOCHS = 2  # checkpoints kept, so a damaged newest one has one to fall back to
 CANDIDATE = "candidate"
 # Validation windows at most kept in memory across epochs (about 0.5 KB each).
 VAL_CACHE_WINDOWS = 200_000
@@ -57,20 +59,25 @@ class Progress:
     stopped: bool = False
     checkpoint: str | None = None  # the model after `epochs_done` epochs, with optimizer state
     best_weights: str | None = None  # weights of `best_epoch`
+    logged_epochs: int = 0  # epochs whose metrics reached MLflow (the rest are logged later)
+    params_logged: bool = False
 
     @classmethod
-    def load(cls, work: Path) -> Progress:
-        path = work / STATE_FILE
-        if not path.exists():
-            return cls()
-        data = storage.read_json(path)
-        data["best_val_loss"] = float(data.get("best_val_loss") or math.inf)
-        return cls(**data)
+    def from_json(cls, data: Any) -> Progress:
+        """A state as saved; raises ValueError/TypeError/KeyError when it is not one."""
+        known = set(cls.__dataclass_fields__)
+        progress = cls(**{k: v for k, v in data.items() if k in known})
+        progress.best_val_loss = float(data.get("best_val_loss") or math.inf)
+        progress.epochs_done = int(progress.epochs_done)
+        return progress
 
-    def save(self, work: Path) -> None:
+    def to_json(self) -> dict[str, Any]:
         data = asdict(self)
         data["best_val_loss"] = None if math.isinf(self.best_val_loss) else self.best_val_loss
-        storage.write_json(work / STATE_FILE, data)
+        return data
+
+    def save(self, work: Path) -> None:
+        storage.write_json(work / STATE_FILE, self.to_json())
 
     def update_early_stopping(self, epoch: int, val_loss: float, patience: int) -> bool:
         """Keras' EarlyStopping rule (stop after `patience` epochs without a better val loss),
@@ -177,7 +184,11 @@ def _save_model_file(model: Any, dest: Path, weights_only: bool = False) -> None
 
 
 def save_checkpoint(work: Path, model: Any, progress: Progress, improved: bool) -> None:
-    """Files first, then the state that names them, then drop files no state names."""
+    """Files first, then the states that name them, then drop files no kept state names.
+
+    The last KEEP_EPOCHS checkpoints are kept, each with its own state beside it, so a damaged
+    newest one falls back to the one before it.
+    """
     epoch = progress.epochs_done
     checkpoint = f"epoch-{epoch:04d}.keras"
     _save_model_file(model, work / checkpoint)
@@ -186,11 +197,70 @@ def save_checkpoint(work: Path, model: Any, progress: Progress, improved: bool) 
         best = f"best-{epoch:04d}.weights.h5"
         _save_model_file(model, work / best, weights_only=True)
         progress.best_weights = best
+    storage.write_json(work / f"epoch-{epoch:04d}.json", progress.to_json())
     progress.save(work)
+    kept = sorted(work.glob("epoch-*.json"))[-KEEP_EPOCHS:]
     keep = {STATE_FILE, progress.checkpoint, progress.best_weights}
+    for path in kept:
+        data = storage.read_state(path) or {}
+        keep |= {path.name, data.get("checkpoint"), data.get("best_weights")}
     for path in work.iterdir():
         if path.name not in keep:
             path.unlink(missing_ok=True)
+
+
+def _weights_readable(path: Path) -> bool:
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            f.visit(lambda name: None)  # walks the whole file: a cut one fails here
+    except (OSError, ValueError, RuntimeError):
+        return False
+    return True
+
+
+def resume(work: Path, load: Any) -> tuple[Progress, Any]:
+    """The newest state whose checkpoint loads, and the model loaded from it: (state, model), or
+    (a fresh state keeping the MLflow run, None) when there is none. A damaged file is named
+    in a warning, then left behind: the run goes on from the last good checkpoint."""
+    candidates: list[Path] = [work / STATE_FILE, *sorted(work.glob("epoch-*.json"), reverse=True)]
+    run_id = None
+    damaged: set[str] = set()  # state.json names the newest epoch's checkpoint too
+    for path in candidates:
+        data = storage.read_state(path)
+        if data is None:
+            continue
+        try:
+            progress = Progress.from_json(data)
+        except (ValueError, TypeError, KeyError) as exc:
+            log.warning("%s is not a training state (%s); it is ignored", path, exc)
+            continue
+        run_id = run_id or progress.run_id
+        if not progress.checkpoint or progress.checkpoint in damaged:
+            continue  # the run had started, no epoch was done; or tried already
+        try:
+            model = load(work / progress.checkpoint)
+        except Exception as exc:  # Keras raises many kinds for a cut or missing .keras file
+            damaged.add(progress.checkpoint)
+            log.warning(
+                "checkpoint %s is damaged or missing (%s); falling back to the one before it",
+                work / progress.checkpoint, tracking.reason(exc),
+            )  # fmt: skip
+            continue
+        if progress.best_weights and not _weights_readable(work / progress.best_weights):
+            # The best epoch's weights are lost: the best so far is the checkpoint's own epoch.
+            log.warning(
+                "best weights %s are damaged; epoch %d counts as the best so far",
+                work / progress.best_weights, progress.epochs_done,
+            )  # fmt: skip
+            last = progress.history[-1]
+            progress.best_weights, progress.best_epoch = None, progress.epochs_done
+            progress.best_val_loss, progress.wait = float(last["val_loss"]), 0
+        return progress, model
+    if any(path.exists() for path in work.glob("*.keras")):
+        log.warning("no usable checkpoint in %s; training starts over", work)
+    return Progress(run_id=run_id), None
 
 
 # --------------------------------------------------------------------------- MLflow
@@ -226,15 +296,16 @@ def run_tags(cfg: Config, manifest: Mapping[str, Any], manifest_sha: str, placem
     return tags
 
 
-def start_mlflow_run(progress: Progress, work: Path) -> tuple[Any, bool]:
-    """Continue the checkpoint's MLflow run if it exists, else start a new one (linked)."""
+def start_mlflow_run(progress: Progress, work: Path) -> str:
+    """Continue the checkpoint's MLflow run if it exists, else start a new one (linked);
+    returns its id. The server answered the stage's check moments ago."""
     import mlflow
     from mlflow.exceptions import MlflowException
 
     if progress.run_id:
         try:
             mlflow.get_run(progress.run_id)
-            return mlflow.start_run(run_id=progress.run_id), False
+            return str(mlflow.start_run(run_id=progress.run_id).info.run_id)
         except MlflowException:
             log.warning("MLflow run %s is gone; starting a new run", progress.run_id)
     previous = progress.run_id
@@ -242,11 +313,62 @@ def start_mlflow_run(progress: Progress, work: Path) -> tuple[Any, bool]:
     if previous:
         mlflow.set_tag("resumed_from_run", previous)
     progress.run_id = run.info.run_id
+    progress.logged_epochs, progress.params_logged = 0, False
     progress.save(work)
-    return run, True
+    return str(run.info.run_id)
 
 
-def register(cfg: Config, model_dir: Path, run: Any) -> dict[str, Any]:
+class RunLog:
+    """The run's MLflow logging while it trains. A server that stops answering costs no
+    training: the first failure is reported once, training goes on, and what was not logged is
+    logged from the checkpoint's history at the end, or by the next `lakhflow train`."""
+
+    def __init__(self, uri: str, tags: dict[str, str]) -> None:
+        self.uri = uri
+        self.tags = tags
+        self.lost: str | None = None
+
+    def attempt(self, log_call: Any, *args: Any, **kwargs: Any) -> bool:
+        if self.lost is not None:
+            return False
+        try:
+            log_call(*args, **kwargs)
+        except tracking.errors() as exc:
+            self.lost = tracking.reason(exc)
+            log.warning(
+                "MLflow at %s stopped answering (%s); training goes on, and what it has not "
+                "logged is logged when it answers again",
+                self.uri, self.lost,
+            )  # fmt: skip
+            return False
+        return True
+
+    def start(self, cfg: Config, progress: Progress) -> None:
+        """All params and the run's tags, once per run."""
+        import mlflow
+
+        if not progress.params_logged:
+            logged = self.attempt(mlflow.log_params, cfg.flat()) and self.attempt(
+                mlflow.set_tags, self.tags
+            )
+            progress.params_logged = logged
+
+    def epochs(self, progress: Progress) -> None:
+        """Each epoch's losses, accuracies, seconds and windows/s, from the first not logged."""
+        import mlflow
+
+        for row, seconds, windows in list(
+            zip(progress.history, progress.seconds, progress.windows, strict=True)
+        )[progress.logged_epochs :]:
+            epoch = int(row["epoch"])
+            numbers = {k: v for k, v in row.items() if k != "epoch"}
+            numbers |= {"epoch_seconds": seconds, "windows_per_s": windows / max(seconds, 1e-9)}
+            if not self.attempt(mlflow.log_metrics, numbers, step=epoch):
+                return
+            progress.logged_epochs = epoch
+
+
+def register(cfg: Config, model_dir: Path, run_id: str) -> dict[str, Any]:
     """Log the model in `model_dir` into the active run, register it as a new version of
     `train.model_name`, point the alias `candidate` at it and tag it with its run and data."""
     from mlflow import MlflowClient
@@ -260,7 +382,6 @@ def register(cfg: Config, model_dir: Path, run: Any) -> dict[str, Any]:
     version = str(info.registered_model_version)
     client = MlflowClient()
     client.set_registered_model_alias(name, CANDIDATE, version)
-    run_id = run.info.run_id
     tags = {
         "run_id": run_id,
         "source": str(manifest.get("source", "")),
@@ -276,6 +397,41 @@ def register(cfg: Config, model_dir: Path, run: Any) -> dict[str, Any]:
         "model_version": version,
         "model_uri": f"models:/{name}/{version}",
     }
+
+
+def publish(
+    cfg: Config, runlog: RunLog, progress: Progress, work: Path, metrics: dict[str, Any]
+) -> dict[str, Any]:
+    """Log what training could not log, the best figures and data/model/'s files, register the
+    model, and write data/model/run.json. A server that does not answer ends the stage with one
+    line; the training stays in the work folder, so the next run only logs and registers."""
+    import mlflow
+
+    model_dir = cfg.paths.model
+    runlog.lost = None  # the server may answer again by now
+    try:
+        runlog.start(cfg, progress)
+        runlog.epochs(progress)
+        if runlog.lost is not None:
+            raise tracking.unreachable(runlog.uri, runlog.lost)
+        mlflow.log_metrics(
+            {f"best_{k}": v for k, v in metrics["best"].items()}
+            | {"best_epoch": progress.best_epoch}
+        )
+        for name in ("loss_curves.png", "summary.txt", "history.csv", "manifest.json"):
+            mlflow.log_artifact(str(model_dir / name))
+        info = register(cfg, model_dir, str(progress.run_id))
+    except tracking.errors(LakhflowError) as exc:
+        progress.save(work)
+        why = runlog.lost or tracking.reason(exc)
+        raise LakhflowError(
+            f"trained and wrote {model_dir} and {cfg.paths.metrics / 'train.json'}, but MLflow "
+            f"at {runlog.uri} did not answer ({why}), so the model is not registered; once it "
+            "answers, run `lakhflow train` (or `dvc repro`) again: it finds the finished "
+            f"training in {work} and only logs and registers it"
+        ) from None
+    storage.write_json(model_dir / "run.json", info)
+    return info
 
 
 # --------------------------------------------------------------------------- outputs
@@ -383,8 +539,8 @@ def run(cfg: Config) -> dict[str, Any]:
     import tensorflow as tf
 
     manifest, manifest_sha = read_shards_manifest(cfg)
+    uri = tracking.check(cfg.paths)  # an unreachable server fails now, before any training
     work = storage.work_dir(cfg.paths.work, "train", work_key(cfg, manifest_sha))
-    progress = Progress.load(work)
 
     keras.backend.clear_session()
     keras.utils.set_random_seed(cfg.train.seed)
@@ -394,21 +550,22 @@ def run(cfg: Config) -> dict[str, Any]:
         # version, and TensorFlow raises rather than run them once determinism is on.
         tf.config.experimental.enable_op_determinism()
     with placement.strategy.scope():
-        if progress.checkpoint and (work / progress.checkpoint).exists():
-            model = load_model(work / progress.checkpoint)
-            log.info("resuming training after epoch %d (%s)", progress.epochs_done, work)
-        else:
-            progress = Progress(run_id=progress.run_id)
+        progress, model = resume(work, load_model)
+        if model is None:
             model = build_model(cfg.train, manifest)
+        else:
+            log.info("resuming training after epoch %d (%s)", progress.epochs_done, work)
     heads = head_names(cfg.train.heads)
     steps = steps_per_epoch(cfg, manifest)
 
     tracking.setup(cfg.paths)
-    run_, is_new = start_mlflow_run(progress, work)
-    with run_:
-        if is_new:
-            mlflow.log_params(cfg.flat())
-            mlflow.set_tags(run_tags(cfg, manifest, manifest_sha, placement))
+    runlog = RunLog(uri, run_tags(cfg, manifest, manifest_sha, placement))
+    try:
+        start_mlflow_run(progress, work)
+    except tracking.errors() as exc:
+        raise tracking.unreachable(uri, tracking.reason(exc)) from None
+    try:
+        runlog.start(cfg, progress)
         val = val_windows(cfg, manifest)
         for epoch in range(progress.epochs_done + 1, cfg.train.epochs + 1):
             if progress.stopped:
@@ -425,24 +582,21 @@ def run(cfg: Config) -> dict[str, Any]:
                     initial_epoch=epoch - 1,
                     epochs=epoch,
                     steps_per_epoch=cfg.train.steps_per_epoch or None,
-                    callbacks=[bar.callback],
+                    callbacks=[bar.callback, keras.callbacks.TerminateOnNaN()],
                     shuffle=False,  # the reader shuffles, by a seed per epoch
                     verbose=0,
                 )
             seconds = time.perf_counter() - started
             bar.close()
             row = {"epoch": float(epoch)} | {k: float(v[-1]) for k, v in fit.history.items()}
+            check_finite(cfg, epoch, row)
             windows = min(bar.batches * cfg.train.batch_size, _epoch_windows(cfg, manifest))
             progress.history.append(row)
             progress.seconds.append(seconds)
             progress.windows.append(windows)
             progress.epochs_done = epoch
             improved = progress.update_early_stopping(epoch, row["val_loss"], cfg.train.patience)
-            mlflow.log_metrics(
-                {k: v for k, v in row.items() if k != "epoch"}
-                | {"epoch_seconds": seconds, "windows_per_s": windows / max(seconds, 1e-9)},
-                step=epoch,
-            )
+            runlog.epochs(progress)
             save_checkpoint(work, model, progress, improved)
             log.info(
                 "epoch %d: loss %.4f, val_loss %.4f (%.1f s)",
@@ -455,11 +609,13 @@ def run(cfg: Config) -> dict[str, Any]:
         if progress.best_weights and progress.best_epoch != progress.epochs_done:
             model.load_weights(work / progress.best_weights)
         metrics = train_metrics(progress, heads, placement)
-        mlflow.log_metrics(
-            {f"best_{k}": v for k, v in metrics["best"].items()}
-            | {"best_epoch": progress.best_epoch}
-        )
-        info = _write_outputs(cfg, model, manifest, progress, heads, metrics, run_)
+        _write_outputs(cfg, model, progress, heads, metrics)
+        info = publish(cfg, runlog, progress, work, metrics)
+    except BaseException:
+        with contextlib.suppress(*tracking.errors()):
+            mlflow.end_run("FAILED")
+        raise
+    mlflow.end_run()
     shutil.rmtree(work, ignore_errors=True)  # finished: the next run with these params starts anew
     log.info(
         "Trained %d epochs on %s (best epoch %d, val loss %.4f) in %.0f s at %s windows/s. "
@@ -481,6 +637,18 @@ def run(cfg: Config) -> dict[str, Any]:
     return metrics
 
 
+def check_finite(cfg: Config, epoch: int, row: Mapping[str, float]) -> None:
+    """A loss that is NaN or infinite ends the stage: such a model is never checkpointed or
+    registered, and the run is marked failed in MLflow."""
+    bad = sorted(k for k, v in row.items() if not math.isfinite(v))
+    if bad:
+        raise LakhflowError(
+            f"training diverged in epoch {epoch}: {bad[0]} is {row[bad[0]]}; nothing was "
+            f"registered. Lower train.learning_rate (now {cfg.train.learning_rate:g}) or "
+            f"train.clipnorm (now {cfg.train.clipnorm:g})"
+        )
+
+
 def _epoch_windows(cfg: Config, manifest: Mapping[str, Any]) -> int:
     if cfg.train.steps_per_epoch:
         return cfg.train.steps_per_epoch * cfg.train.batch_size
@@ -490,24 +658,15 @@ def _epoch_windows(cfg: Config, manifest: Mapping[str, Any]) -> int:
 def _write_outputs(
     cfg: Config,
     model: Any,
-    manifest: Mapping[str, Any],
     progress: Progress,
     heads: tuple[str, ...],
     metrics: dict[str, Any],
-    run_: Any,
-) -> dict[str, Any]:
-    """data/model/ as one atomic folder (registered from it before it lands), then train.json."""
-    import mlflow
-
-    with storage.atomic_dir(cfg.paths.model) as tmp:
+) -> None:
+    """data/model/ as one atomic folder (run.json comes once it is registered), and train.json."""
+    with storage.atomic_dir(cfg.paths.model, "train") as tmp:
         model.save(tmp / "model.keras")
         shutil.copy2(cfg.paths.shards / "manifest.json", tmp / "manifest.json")
         write_history(tmp / "history.csv", progress.history)
         (tmp / "summary.txt").write_text(summary_text(model))
         plot_losses(tmp / "loss_curves.png", progress.history, heads)
-        for name in ("loss_curves.png", "summary.txt", "history.csv", "manifest.json"):
-            mlflow.log_artifact(str(tmp / name))
-        info = register(cfg, tmp, run_)
-        storage.write_json(tmp / "run.json", info)
     storage.write_json(cfg.paths.metrics / "train.json", metrics)
-    return info

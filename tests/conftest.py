@@ -7,7 +7,9 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -68,6 +70,24 @@ def run_cli(args: list[str], cwd: Path, timeout: float = 600, **env: str):
     return subprocess.run(
         args, cwd=cwd, env=tool_env(**env), capture_output=True, text=True, timeout=timeout
     )
+
+
+def another_hash_seed() -> str:
+    """A PYTHONHASHSEED other than this process's, for the second build of a determinism test:
+    set and dict-of-str orders differ between the two builds even where the suite's runner fixed
+    the seed (a proto map's order differs whatever the seed: it follows addresses)."""
+    return "2" if os.environ.get("PYTHONHASHSEED") == "1" else "1"
+
+
+def folder_digests(folder: Path) -> dict[str, str]:
+    """sha256 of every file under `folder`, by its path inside it: what DVC compares."""
+    import hashlib
+
+    return {
+        path.relative_to(folder).as_posix(): hashlib.sha256(path.read_bytes()).hexdigest()
+        for path in sorted(folder.rglob("*"))
+        if path.is_file()
+    }
 
 
 @pytest.fixture
@@ -259,3 +279,108 @@ def shards_project(tmp_path_factory: pytest.TempPathFactory, note_corpus: dict) 
     project = notes_project(tmp_path_factory.mktemp("shards") / "project", note_corpus)
     sequences.run(config.load(project))
     return project
+
+
+# ---- synthetic note tables, small real shards and tiny training runs (train, tracking)
+
+SEQUENCES = {
+    "seq_length": 8,
+    "chunk_notes": 64,
+    "min_notes": 16,
+    "split_by": "file",
+    "split": {"train": 0.6, "val": 0.2, "test": 0.2},
+    "transpose": 2,
+    "bins": 6,
+    "velocity_bins": 4,
+}
+# Epochs long enough (40 steps) that a kill after epoch 1 lands before the run ends.
+TINY = {
+    "units": 16,
+    "embedding_dim": 8,
+    "epochs": 3,
+    "batch_size": 16,
+    "steps_per_epoch": 40,
+}
+SCALE = np.array([0, 2, 4, 5, 7, 9, 11])
+
+
+def note_rows(n_files: int = 30, notes_per_track: int = 80, seed: int = 0) -> Any:
+    """Melodies and bass lines in C major, two tracks per file, at 120 bpm."""
+    import hashlib
+
+    import pyarrow as pa
+
+    from pipelines import schema
+
+    rng = np.random.default_rng(seed)
+    columns: dict[str, list[Any]] = {f.name: [] for f in schema.NOTES}
+    ids = sorted(hashlib.md5(f"piece {i}".encode()).hexdigest() for i in range(n_files))
+    for file_id in ids:
+        for track, (program, base) in enumerate([(0, 60), (32, 36)]):
+            degrees = np.clip(np.cumsum(rng.integers(-2, 3, notes_per_track)), -7, 10)
+            pitch = base + 12 * (degrees // 7) + SCALE[degrees % 7]
+            beats = rng.choice([0.5, 1.0, 1.0, 2.0], notes_per_track)
+            start = np.concatenate([[0.0], np.cumsum(beats)[:-1]])
+            end = start + beats * rng.choice([0.5, 1.0], notes_per_track)
+            columns["file_id"] += [file_id] * notes_per_track
+            columns["track"] += [track] * notes_per_track
+            columns["program"] += [program] * notes_per_track
+            columns["is_drum"] += [False] * notes_per_track
+            columns["pitch"] += pitch.tolist()
+            columns["velocity"] += rng.integers(50, 110, notes_per_track).tolist()
+            columns["start"] += (start / 2).tolist()
+            columns["end"] += (end / 2).tolist()
+            columns["start_beat"] += start.tolist()
+            columns["end_beat"] += end.tolist()
+    return pa.table(columns, schema=schema.NOTES)
+
+
+def files_table(notes: Any) -> Any:
+    import pyarrow as pa
+
+    from pipelines import schema
+
+    ids = sorted(set(notes.column("file_id").to_pylist()))
+    n = len(ids)
+    return pa.table(
+        {
+            "file_id": ids,
+            "path": [f"synthetic/{i}.mid" for i in ids],
+            "size": [1000] * n,
+            "status": ["ok"] * n,
+            "error_type": [None] * n,
+            "error": [None] * n,
+            "n_notes": [notes.num_rows // n] * n,
+            "n_tracks": [2] * n,
+            "duration_s": [60.0] * n,
+            "group": ["synthetic"] * n,
+        },
+        schema=schema.FILES,
+    )
+
+
+@pytest.fixture(scope="session")
+def shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Small real shards: synthetic note tables through the sequences stage."""
+    import json
+
+    import pyarrow.parquet as pq
+
+    from pipelines import config, sequences
+
+    root = make_project(tmp_path_factory.mktemp("train-shards"), {"sequences": SEQUENCES})
+    notes_dir = root / "data" / "notes"
+    notes_dir.mkdir(parents=True)
+    notes = note_rows()
+    pq.write_table(notes, notes_dir / "notes-00000.parquet")
+    pq.write_table(files_table(notes), notes_dir / "files.parquet")
+    sequences.run(config.load(root))
+    manifest = json.loads((root / "data" / "shards" / "manifest.json").read_text())
+    assert all(manifest["splits"][s]["windows"] > 0 for s in ("train", "val"))
+    return root / "data" / "shards"
+
+
+def train_project(dest: Path, shards: Path, **train_params: Any) -> Path:
+    root = make_project(dest, {"sequences": SEQUENCES, "train": TINY | train_params})
+    shutil.copytree(shards, root / "data" / "shards")
+    return root

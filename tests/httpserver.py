@@ -1,16 +1,24 @@
 """A local HTTP file server for the download tests: 127.0.0.1 only, Range support, faults on demand.
 
 It serves files from memory, counts the body bytes it sends, records every request's Range
-header, and can answer with error statuses, ignore Range, or drop a connection partway.
+header, and can answer with error statuses, ignore Range, drop a connection partway, or stream
+a body without end (no Content-Length) until the client hangs up.
 """
 
 from __future__ import annotations
 
 import contextlib
+import queue
 import re
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+# An endless body is still bounded here, so a client that never stops cannot fill this disk or
+# hang the tests: the server ends it after this many bytes or seconds.
+ENDLESS_BYTES = 256 << 20
+ENDLESS_S = 60.0
 
 
 class ArchiveServer:
@@ -23,6 +31,9 @@ class ArchiveServer:
         self.drop_at: int | None = None  # close the connection once the file's byte N is sent
         self.drops = 0  # how many responses still drop at drop_at
         self.ignore_range = False  # answer 200 with the whole file, as some servers do
+        self.endless: set[str] = set()  # names answered with a body that never ends
+        # How each endless body ended: "hung up" (by the client) or "bounded" (by the server).
+        self.endless_ends: queue.Queue[str] = queue.Queue()
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
         self._httpd.daemon_threads = True
         self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
@@ -43,6 +54,8 @@ class ArchiveServer:
             self.drop_at = None
             self.drops = 0
             self.ignore_range = False
+            self.endless.clear()
+            self.endless_ends = queue.Queue()
 
     def start(self) -> ArchiveServer:
         self._thread.start()
@@ -86,8 +99,11 @@ def _handler(server: ArchiveServer) -> type[BaseHTTPRequestHandler]:
                 if drop is not None:
                     server.drops -= 1
                 ignore_range = server.ignore_range
+                endless = self.path.lstrip("/") in server.endless
             if status is not None:
                 return self._plain(status)
+            if endless:
+                return self._endless()
             if data is None:
                 return self._plain(404)
             start = 0
@@ -114,5 +130,25 @@ def _handler(server: ArchiveServer) -> type[BaseHTTPRequestHandler]:
                 self.wfile.flush()
                 self.close_connection = True  # the client sees the body end early
             return None
+
+        def _endless(self) -> None:
+            """200 with no Content-Length: the body ends only when the connection closes."""
+            self.send_response(200)
+            self.send_header("Content-Type", "application/gzip")
+            self.send_header("Connection", "close")
+            self.end_headers()
+            self.close_connection = True
+            block = bytes(range(256)) * 32
+            sent, deadline = 0, time.monotonic() + ENDLESS_S
+            while sent < ENDLESS_BYTES and time.monotonic() < deadline:
+                try:
+                    self.wfile.write(block)
+                except OSError:
+                    server.endless_ends.put("hung up")
+                    return
+                sent += len(block)
+                with server.lock:
+                    server.bytes_sent += len(block)
+            server.endless_ends.put("bounded")
 
     return Handler

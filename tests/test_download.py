@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import logging
 import shutil
 import socket
 import subprocess
@@ -18,10 +19,10 @@ import numpy as np
 import pretty_midi
 import pytest
 from conftest import make_project, run_cli
-from httpserver import ArchiveServer, serving
+from httpserver import ENDLESS_S, ArchiveServer, serving
 
 from pipelines import archive, config, download
-from pipelines.errors import LakhflowError
+from pipelines.errors import LakhflowError, ParamsError
 
 
 def random_midi(seed: int, notes: int = 400) -> bytes:
@@ -205,6 +206,79 @@ def test_404_fails_at_once(tmp_path: Path, server: ArchiveServer) -> None:
     assert len(server.ranges) == 1  # no retries
 
 
+def work_files(root: Path, source: str) -> list[Path]:
+    """What a download left in its work folder to resume from."""
+    return [p for p in (root / ".lakhflow/work/download" / source).rglob("*") if p.is_file()]
+
+
+def test_a_server_streaming_without_end_stops_at_download_max_mb(
+    tmp_path: Path, server: ArchiveServer
+) -> None:
+    server.endless.add("endless.tar.gz")
+    url = server.url("endless.tar.gz")
+    result = run_cli(
+        ["lakhflow", "download", "-S", "download.source=url", "-S", f"download.url={url}",
+         "-S", "download.max_mb=1"],
+        cwd=tmp_path,
+        timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 1, result.stderr
+    errors = [line for line in result.stderr.splitlines() if "error" in line]
+    assert len(errors) == 1 and "Traceback" not in result.stderr, result.stderr
+    assert errors[0].startswith(f"lakhflow download: error: download of {url} stopped")
+    assert "1000000 bytes (download.max_mb=1)" in errors[0]
+    assert "raise download.max_mb" in errors[0]
+    # The client stopped the stream, not the server's own bounds.
+    assert server.endless_ends.get(timeout=ENDLESS_S) == "hung up"
+    assert not (tmp_path / "data/raw/url.tar.gz").exists()
+    assert work_files(tmp_path, "url") == []  # nothing left to resume
+
+
+def test_a_lakh_source_stops_at_its_published_size(
+    tmp_path: Path, server: ArchiveServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(download.LAKH, "clean_midi", (300_000, None))  # 234 MB is too long here
+    server.endless.add("clean_midi.tar.gz")
+    cfg = config.load(
+        tmp_path, ["download.source=clean_midi", f"download.url={server.url('clean_midi.tar.gz')}"]
+    )
+    with pytest.raises(LakhflowError) as info:
+        download.run(cfg)
+    message = str(info.value)
+    assert "more than the published 300000 bytes" in message and "\n" not in message
+    assert "download.md5" in message
+    assert server.endless_ends.get(timeout=ENDLESS_S) == "hung up"
+    assert work_files(tmp_path, "clean_midi") == []
+
+
+def test_a_file_over_download_max_mb_by_its_content_length_is_refused_at_once(
+    tmp_path: Path, server: ArchiveServer, lakh_archive: bytes
+) -> None:
+    server.files["big.tar.gz"] = lakh_archive * 3
+    cap_mb = len(lakh_archive) / 1e6
+    cfg = config.load(
+        tmp_path,
+        ["download.source=url", f"download.url={server.url('big.tar.gz')}",
+         f"download.max_mb={cap_mb}"],
+    )  # fmt: skip
+    with pytest.raises(LakhflowError) as info:
+        download.run(cfg)
+    assert f"is {3 * len(lakh_archive)} bytes, over the cap of download.max_mb=" in str(info.value)
+    assert work_files(tmp_path, "url") == []
+    # Under the cap, the same server and file come through whole.
+    server.files["big.tar.gz"] = lakh_archive
+    download.run(cfg)
+    assert (tmp_path / "data/raw/url.tar.gz").read_bytes() == lakh_archive
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "nan", "inf"])
+def test_download_max_mb_must_be_a_positive_finite_number(tmp_path: Path, value: str) -> None:
+    assert config.load(tmp_path, ["download.max_mb=0.5"]).download.max_mb == 0.5
+    with pytest.raises(ParamsError, match=r"download\.max_mb") as info:
+        config.load(tmp_path, [f"download.max_mb={value}"])
+    assert "\n" not in str(info.value)
+
+
 def closed_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -355,6 +429,38 @@ def test_path_archive_is_copied_and_verified(tmp_path: Path, lakh_archive: bytes
     assert (tmp_path / "data/raw/path.tar.gz").read_bytes() == lakh_archive
     with pytest.raises(LakhflowError, match="checksum mismatch"):
         download.run(config.load(tmp_path, [*good[:2], f"download.md5={'e' * 32}"]))
+
+
+def test_path_folder_never_follows_links_out_of_it(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    secret = b"root:$6$not-a-real-hash:19000:0:99999:7:::\n" * 4
+    outside = tmp_path / "outside"
+    (outside / "private").mkdir(parents=True)
+    (outside / "leak.mid").write_bytes(secret)
+    (outside / "private/also.mid").write_bytes(secret)
+    folder = tmp_path / "collection"
+    (folder / "Chopin").mkdir(parents=True)
+    good = random_midi(7, 50)
+    (folder / "Chopin/piece1.mid").write_bytes(good)
+    (folder / "leak.mid").symlink_to(outside / "leak.mid")  # a file outside
+    (folder / "private").symlink_to(outside / "private")  # a folder outside
+    (folder / "favourite.mid").symlink_to("Chopin/piece1.mid")  # inside: the same file, once
+    (folder / "Chopin/again").symlink_to("..")  # inside, and a loop
+    (folder / "ping.mid").symlink_to("pong.mid")  # links to each other: neither is a file
+    (folder / "pong.mid").symlink_to("ping.mid")
+    (folder / "gone.mid").symlink_to("deleted.mid")  # a broken link
+    cfg = config.load(tmp_path, ["download.source=path", "download.path=collection"])
+    with caplog.at_level(logging.INFO, logger="pipelines.download"):
+        metrics = download.run(cfg)
+    published = tmp_path / "data/raw/path.tar.gz"
+    with tarfile.open(published) as tar:
+        data = {m.name: tar.extractfile(m).read() for m in tar if m.isfile()}  # type: ignore[union-attr]
+    assert data == {"Chopin/piece1.mid": good}
+    assert not any(secret[:16] in d for d in data.values())
+    assert metrics["files"] == 1 and metrics["links_outside"] == 2
+    (summary,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("download:")]
+    assert "2 links leading out of download.path skipped" in summary
 
 
 def test_missing_path_is_one_line(tmp_path: Path) -> None:

@@ -14,7 +14,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import notes_project
+from conftest import another_hash_seed, folder_digests, notes_project, run_cli
 
 from pipelines import config, evaluate, promote, schema
 from pipelines import music_metrics as mm
@@ -242,6 +242,41 @@ def test_plots_and_report(evaluated: tuple[Path, dict]) -> None:
     page = (out / "report.html").read_text()
     assert page.count('<img src="data:image/png;base64,') == len(plots)
     assert "pitch_class_histogram" in page and "scale_consistency" in page
+
+
+@pytest.mark.slow
+def test_another_process_writes_the_same_eval_json_report_and_plots(
+    evaluated: tuple[Path, dict], tmp_path: Path
+) -> None:
+    """`lakhflow evaluate` in another process (another hash seed), on a copy of the project and
+    of its MLflow store, writes eval.json, report.html and every plot byte for byte: nothing in
+    them is run-specific (the model's name and version are the same in the copy)."""
+    import sqlite3
+
+    project, _ = evaluated
+    copy = tmp_path / "project"
+    shutil.copytree(project, copy, ignore=shutil.ignore_patterns("mlartifacts"))
+    eval_json = Path("data", "metrics", "eval.json")
+    (copy / eval_json).unlink()
+    shutil.rmtree(copy / "data" / "evaluation")
+    db = copy / "test-mlflow.db"
+    # The store names the fixture's artifact folder: the copy's run logs into a folder of its own.
+    with sqlite3.connect(db) as store:
+        for table, column in (("experiments", "artifact_location"), ("runs", "artifact_uri")):
+            store.execute(
+                f"UPDATE {table} SET {column} = replace({column}, ?, ?)",
+                (project.as_uri(), copy.as_uri()),
+            )
+    store.close()
+    overrides = [arg for override in TINY_EVALUATE for arg in ("-S", override)]
+    done = run_cli(["lakhflow", "evaluate", *overrides], copy, MLFLOW_TRACKING_URI=f"sqlite:///{db}",
+                   PYTHONHASHSEED=another_hash_seed())  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert list(copy.glob("mlartifacts/*/artifacts/evaluation/eval.json"))
+    first = folder_digests(project / "data" / "evaluation")
+    assert {"report.html", "plots/yang_lerch.png"} <= first.keys()
+    assert folder_digests(copy / "data" / "evaluation") == first
+    assert (copy / eval_json).read_bytes() == (project / eval_json).read_bytes()
 
 
 @pytest.mark.slow

@@ -1,10 +1,12 @@
 """The generate stage end to end: real shards (music21 chorales through the sequences stage), a
 model built by the train stage's builder (random weights: generation needs no training), MIDI
-read back with pretty_midi, WAVs, MLflow artifacts, the registry, and one-line errors."""
+read back with pretty_midi, WAVs (measured: length and loudness), MLflow artifacts, the registry,
+and one-line errors."""
 
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import wave
 from pathlib import Path
@@ -14,7 +16,7 @@ import mlflow
 import numpy as np
 import pretty_midi
 import pytest
-from conftest import notes_project
+from conftest import another_hash_seed, folder_digests, notes_project, run_cli
 
 from pipelines import cli, config, dataset, generate, sequences
 from pipelines.config import Train
@@ -58,6 +60,18 @@ def pieces(out: Path) -> list[pretty_midi.PrettyMIDI]:
     return [pretty_midi.PrettyMIDI(str(p)) for p in sorted(out.glob("piece-*.mid"))]
 
 
+def wav_samples(path: Path) -> tuple[np.ndarray, int]:
+    """A 16-bit mono WAV's samples as floats in [-1, 1], and its sample rate."""
+    with wave.open(str(path)) as audio:
+        assert audio.getnchannels() == 1 and audio.getsampwidth() == 2
+        frames = audio.readframes(audio.getnframes())
+        return np.frombuffer(frames, dtype="<i2") / 32768.0, audio.getframerate()
+
+
+def rms(samples: np.ndarray) -> float:
+    return float(np.sqrt(np.mean(samples**2))) if samples.size else 0.0
+
+
 def test_pieces_are_midi_with_the_primer_length_and_instrument_asked_for(
     project: Path, tmp_path: Path, mlflow_uri: str
 ) -> None:
@@ -71,6 +85,9 @@ def test_pieces_are_midi_with_the_primer_length_and_instrument_asked_for(
     out = root / "data" / "generated"
     metrics = generate.run(config.load(root))
     assert metrics["pieces"] == 3 and metrics["notes"] == 3 * NOTES and metrics["wav"]
+    # FluidSynth where its system library is installed, else tinysoundfont: a WAV either way.
+    assert metrics["wav_renderer"] is not None
+    assert metrics["wav_renderer"] == generate.wav_renderer()
 
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["model"] == {"uri": "models:/lakhflow-lstm/1", "version": "1",
@@ -93,26 +110,73 @@ def test_pieces_are_midi_with_the_primer_length_and_instrument_asked_for(
             chunk[i : i + PRIMER] == primer for chunk in test_pitches for i in range(len(chunk))
         )
         assert (out / piece["piano_roll"]).stat().st_size > 1000
-        with wave.open(str(out / piece["wav"])) as audio:
-            samples = np.frombuffer(audio.readframes(audio.getnframes()), dtype="<i2")
-        assert audio.getframerate() == 22050 and np.abs(samples).max() > 1000  # not silence
+        assert piece["wav_renderer"] == metrics["wav_renderer"]
+        samples, rate = wav_samples(out / piece["wav"])
+        assert rate == 22050 and np.abs(samples).max() > 0.5  # not silence
 
     logged = {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id, "generated")}
     assert {"generated/piece-000.mid", "generated/piece-000.png", "generated/piece-000.wav",
             "generated/manifest.json"} <= logged  # fmt: skip
 
 
-def test_the_same_seed_gives_identical_bytes_and_another_seed_other_music(
+def test_tinysoundfont_sounds_the_notes_when_they_play_and_rings_out_a_second(
+    tmp_path: Path,
+) -> None:
+    midi = pretty_midi.PrettyMIDI(initial_tempo=120)
+    piano = pretty_midi.Instrument(program=0)
+    piano.notes = [pretty_midi.Note(100, 60, 0.0, 0.5), pretty_midi.Note(100, 64, 2.5, 3.0)]
+    midi.instruments = [piano]
+    generate.write_wav(midi, tmp_path / "two-notes.wav", "tinysoundfont")
+    samples, rate = wav_samples(tmp_path / "two-notes.wav")
+    assert len(samples) / rate == pytest.approx(3.0 + generate.RELEASE_S, abs=2 / rate)
+
+    def loudness(start: float, end: float) -> float:
+        return rms(samples[int(start * rate) : int(end * rate)])
+
+    assert loudness(0.0, 0.5) > 0.05 and loudness(2.5, 3.0) > 0.05  # each note sounds
+    assert loudness(1.5, 2.5) < 0.005  # and the rest between them is silent
+    assert loudness(3.5, 4.0) < 0.005  # the release has died away by the end
+
+
+def test_the_stage_renders_wavs_with_tinysoundfont_where_asked(
+    project: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Forced even where FluidSynth loads, so this renderer is tested on every machine."""
+    out = tmp_path / "out"
+    cfg = config.load(project, [f"generate.output={out}", "generate.count=2"])
+    with caplog.at_level(logging.INFO, logger="pipelines.generate"):
+        metrics = generate.run(cfg, renderer="tinysoundfont")
+    assert metrics["wav"] and metrics["wav_renderer"] == "tinysoundfont"
+    manifest = json.loads((out / "manifest.json").read_text())
+    for piece in manifest["pieces"]:
+        assert piece["wav_renderer"] == "tinysoundfont"
+        samples, rate = wav_samples(out / piece["wav"])
+        end = pretty_midi.PrettyMIDI(str(out / piece["midi"])).get_end_time()
+        assert len(samples) / rate == pytest.approx(end + generate.RELEASE_S, abs=2 / rate)
+        assert np.abs(samples).max() > 0.5 and rms(samples) > 0.02  # not silence
+    (summary,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("generate:")]
+    assert "WAVs (tinysoundfont)" in summary
+
+
+def test_the_same_seed_gives_the_same_bytes_in_another_process_and_another_seed_other_music(
     project: Path, tmp_path: Path
 ) -> None:
-    run_stage(project, tmp_path / "a", "generate.wav=false")
-    run_stage(project, tmp_path / "b", "generate.wav=false")
+    """Once in this process, once as `lakhflow generate` in another (another hash seed), into
+    the same folder (the manifest records it): every MIDI, piano roll, WAV and the manifest."""
+    out = tmp_path / "out"
+    run_stage(project, out)
+    first = folder_digests(out)
+    shutil.rmtree(out)
+    done = run_cli(["lakhflow", "generate", "-S", f"generate.output={out}"], project,
+                   PYTHONHASHSEED=another_hash_seed())  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert sorted(first) == [".lakhflow-owner", "manifest.json"] + [
+        f"piece-00{i}.{kind}" for i in range(3) for kind in ("mid", "png", "wav")
+    ]
+    assert folder_digests(out) == first
+
     run_stage(project, tmp_path / "c", "generate.wav=false", "generate.seed=1")
-    names = sorted(p.name for p in (tmp_path / "a").glob("*.mid"))
-    assert len(names) == 3
-    for name in names:
-        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
-    a = [[n.pitch for n in m.instruments[0].notes] for m in pieces(tmp_path / "a")]
+    a = [[n.pitch for n in m.instruments[0].notes] for m in pieces(out)]
     c = [[n.pitch for n in m.instruments[0].notes] for m in pieces(tmp_path / "c")]
     assert a != c
 
@@ -195,11 +259,53 @@ def test_bad_settings_end_with_one_line(
     (project / "notes.txt").write_text("not a MIDI file\n")
     (project / "primers").mkdir(exist_ok=True)
     monkeypatch.setenv("LAKHFLOW_ROOT", str(project))
-    assert cli.main(["generate", "-S", override, "-S", f"generate.output={tmp_path}"]) == code
+    out = tmp_path / "out"  # tmp_path holds the MLflow store: generate would refuse it
+    assert cli.main(["generate", "-S", override, "-S", f"generate.output={out}"]) == code
     err = capsys.readouterr().err
     errors = [line for line in err.splitlines() if line.startswith("lakhflow generate: error:")]
     assert len(errors) == 1 and message in errors[0], err
-    assert "Traceback" not in err and not (tmp_path / "manifest.json").exists()
+    assert "Traceback" not in err and not out.exists()
+
+
+def _listing(root: Path) -> dict[str, int]:
+    """Every file and folder of the project and its size, but the stage locks' own files."""
+    files = (p for p in sorted(root.rglob("*")) if ".lakhflow/locks" not in p.as_posix())
+    return {p.relative_to(root).as_posix(): p.stat().st_size for p in files}
+
+
+@pytest.mark.parametrize("target", ["mine", "data", ".", "params.yaml"])
+def test_generate_never_replaces_a_folder_it_did_not_write(
+    project: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    target: str,
+) -> None:
+    """A user's folder, every stage's outputs, the project itself or a file: refused with one
+    line before any work, and nothing in them is touched."""
+    mine = project / "mine"
+    mine.mkdir(exist_ok=True)
+    (mine / "song.mid").write_bytes(b"a user's own file")
+    before = _listing(project)
+    monkeypatch.setenv("LAKHFLOW_ROOT", str(project))
+    assert cli.main(["generate", "-S", f"generate.output={target}"]) == 1
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("lakhflow generate: error:")]
+    assert len(errors) == 1, err
+    assert "refusing to replace" in errors[0] or "is not a folder" in errors[0], errors[0]
+    assert "Traceback" not in err
+    assert _listing(project) == before
+
+
+def test_a_folder_generate_wrote_is_marked_and_replaced_next_time(
+    project: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "batch"
+    run_stage(project, out, "generate.count=1")
+    assert (out / ".lakhflow-owner").read_text() == "generate\n"
+    run_stage(project, out, "generate.count=2", "generate.name=again")
+    assert sorted(p.name for p in out.glob("*.mid")) == ["again-000.mid", "again-001.mid"]
+    assert [p.name for p in tmp_path.iterdir()] == ["batch"]  # no temporary left beside it
 
 
 def test_a_folder_as_primer_midi_is_called_a_folder(tmp_path: Path) -> None:

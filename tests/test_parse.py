@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 import signal
 import subprocess
 import tarfile
@@ -15,7 +16,7 @@ import mido
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from conftest import make_project, run_cli, tool_env
+from conftest import another_hash_seed, folder_digests, make_project, run_cli, tool_env
 
 from pipelines import config, parse, schema
 
@@ -256,6 +257,23 @@ def pa_concat(tables: list):
 
 
 @pytest.mark.slow
+def test_another_process_with_one_worker_writes_the_same_bytes(
+    baseline: Path, corpus_archive: Path, tmp_path: Path
+) -> None:
+    """The baseline parsed with two workers; one worker, in another process with another hash
+    seed, must write every part, files.parquet, stats.json and plot byte for byte: DVC hashes
+    data/notes, and any other byte reruns sequences and training."""
+    root = new_project(tmp_path / "project", corpus_archive)
+    done = run_cli(["lakhflow", "parse", "-S", "parse.workers=1"], cwd=root, timeout=300,
+                   PYTHONHASHSEED=another_hash_seed())  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    first = folder_digests(baseline / "data" / "notes")
+    assert sum(name.startswith("notes-") for name in first) > 1
+    assert {"files.parquet", "stats.json", "plots/piano_roll.png"} <= first.keys()
+    assert folder_digests(root / "data" / "notes") == first
+
+
+@pytest.mark.slow
 def test_pretty_midi_gives_the_same_tables(
     baseline: Path, corpus_archive: Path, tmp_path: Path
 ) -> None:
@@ -410,3 +428,68 @@ def test_missing_archive_is_one_clear_error(tmp_path: Path) -> None:
     result = run_cli(["lakhflow", "parse"], cwd=root, timeout=120)
     assert result.returncode == 1
     assert "bach.tar.gz not found" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.slow
+def test_damaged_resume_state_is_redone_and_stray_temporaries_cleared(
+    baseline: Path, corpus_archive: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A part cut short, then a run file cut short: each run after names the file, parses the
+    batches again and writes the baseline's tables; a killed writer's temporary is cleared."""
+    root = new_project(tmp_path / "project", corpus_archive)
+    run_stage(root)
+    runs = next((root / ".lakhflow" / "work" / "parse").glob("*/runs"))
+    to_parse = sum(EXPECTED.values()) - EXPECTED["duplicate"]
+
+    part = sorted(runs.glob("batch-*.parquet"))[-1]
+    stray = root / "data" / f".notes.tmp-{_dead_pid()}-0a1b2c3d"
+    (stray / "plots").mkdir(parents=True)
+    shutil.rmtree(root / "data" / "notes")  # as DVC does before it runs the stage again
+    data = part.read_bytes()
+    part.write_bytes(data[: len(data) // 2])
+    metrics = run_stage(root)
+    assert "names a damaged part" in caplog.text and part.name in caplog.text
+    assert 0 < metrics["parsed_files"] < to_parse
+    assert_same_tables(read_tables(baseline), read_tables(root))
+    assert not stray.exists()
+    assert not [p for p in (root / "data").iterdir() if ".tmp-" in p.name]
+
+    caplog.clear()
+    run_file = sorted(runs.glob("run-*.json"))[0]
+    run_file.write_text(run_file.read_text()[:40])
+    metrics = run_stage(root)
+    assert f"{run_file} is damaged" in caplog.text
+    assert metrics["parsed_files"] > 0
+    assert_same_tables(read_tables(baseline), read_tables(root))
+
+
+def _dead_pid() -> int:
+    child = subprocess.Popen(["true"])
+    child.wait()
+    return child.pid
+
+
+def test_a_second_run_of_a_stage_is_refused_while_the_first_holds_it(tmp_path: Path) -> None:
+    root = make_project(tmp_path / "project", PARAMS)
+    hold = (
+        "import sys, time; from pathlib import Path; from pipelines import storage\n"
+        "with storage.stage_lock(Path('.lakhflow/work'), 'parse'):\n"
+        "    print('held', flush=True); time.sleep(120)\n"
+    )
+    holder = subprocess.Popen(
+        ["python", "-c", hold], cwd=root, env=tool_env(), stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        second = run_cli(["lakhflow", "parse"], cwd=root, timeout=120)
+        assert second.returncode == 1
+        line = second.stderr.strip().splitlines()[-1]
+        assert line.startswith(
+            f"lakhflow parse: error: another lakhflow parse is running in this project "
+            f"(pid {holder.pid}, started "
+        ), second.stderr
+    finally:
+        holder.kill()
+        holder.wait()
+    after = run_cli(["lakhflow", "parse"], cwd=root, timeout=120)  # the killed holder's lock
+    assert after.returncode == 1 and "bach.tar.gz not found" in after.stderr

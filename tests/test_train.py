@@ -4,9 +4,11 @@ both head settings."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import json
+import math
 import os
 import shutil
 import signal
@@ -18,98 +20,11 @@ from typing import Any
 
 import mlflow
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
-from conftest import make_project, tool_env
+from conftest import tool_env, train_project
 
-from pipelines import config, schema, sequences, train
-
-SEQUENCES = {
-    "seq_length": 8,
-    "chunk_notes": 64,
-    "min_notes": 16,
-    "split_by": "file",
-    "split": {"train": 0.6, "val": 0.2, "test": 0.2},
-    "transpose": 2,
-    "bins": 6,
-    "velocity_bins": 4,
-}
-# Epochs long enough (40 steps) that a kill after epoch 1 lands before the run ends.
-TINY = {
-    "units": 16,
-    "embedding_dim": 8,
-    "epochs": 3,
-    "batch_size": 16,
-    "steps_per_epoch": 40,
-}
-SCALE = np.array([0, 2, 4, 5, 7, 9, 11])
-
-
-def note_rows(n_files: int = 30, notes_per_track: int = 80, seed: int = 0) -> pa.Table:
-    """Melodies and bass lines in C major, two tracks per file, at 120 bpm."""
-    rng = np.random.default_rng(seed)
-    columns: dict[str, list[Any]] = {f.name: [] for f in schema.NOTES}
-    ids = sorted(hashlib.md5(f"piece {i}".encode()).hexdigest() for i in range(n_files))
-    for file_id in ids:
-        for track, (program, base) in enumerate([(0, 60), (32, 36)]):
-            degrees = np.clip(np.cumsum(rng.integers(-2, 3, notes_per_track)), -7, 10)
-            pitch = base + 12 * (degrees // 7) + SCALE[degrees % 7]
-            beats = rng.choice([0.5, 1.0, 1.0, 2.0], notes_per_track)
-            start = np.concatenate([[0.0], np.cumsum(beats)[:-1]])
-            end = start + beats * rng.choice([0.5, 1.0], notes_per_track)
-            columns["file_id"] += [file_id] * notes_per_track
-            columns["track"] += [track] * notes_per_track
-            columns["program"] += [program] * notes_per_track
-            columns["is_drum"] += [False] * notes_per_track
-            columns["pitch"] += pitch.tolist()
-            columns["velocity"] += rng.integers(50, 110, notes_per_track).tolist()
-            columns["start"] += (start / 2).tolist()
-            columns["end"] += (end / 2).tolist()
-            columns["start_beat"] += start.tolist()
-            columns["end_beat"] += end.tolist()
-    return pa.table(columns, schema=schema.NOTES)
-
-
-def files_table(notes: pa.Table) -> pa.Table:
-    ids = sorted(set(notes.column("file_id").to_pylist()))
-    n = len(ids)
-    return pa.table(
-        {
-            "file_id": ids,
-            "path": [f"synthetic/{i}.mid" for i in ids],
-            "size": [1000] * n,
-            "status": ["ok"] * n,
-            "error_type": [None] * n,
-            "error": [None] * n,
-            "n_notes": [notes.num_rows // n] * n,
-            "n_tracks": [2] * n,
-            "duration_s": [60.0] * n,
-            "group": ["synthetic"] * n,
-        },
-        schema=schema.FILES,
-    )
-
-
-@pytest.fixture(scope="session")
-def shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Small real shards: synthetic note tables through the sequences stage."""
-    root = make_project(tmp_path_factory.mktemp("train-shards"), {"sequences": SEQUENCES})
-    notes_dir = root / "data" / "notes"
-    notes_dir.mkdir(parents=True)
-    notes = note_rows()
-    pq.write_table(notes, notes_dir / "notes-00000.parquet")
-    pq.write_table(files_table(notes), notes_dir / "files.parquet")
-    sequences.run(config.load(root))
-    manifest = json.loads((root / "data" / "shards" / "manifest.json").read_text())
-    assert all(manifest["splits"][s]["windows"] > 0 for s in ("train", "val"))
-    return root / "data" / "shards"
-
-
-def train_project(dest: Path, shards: Path, **train_params: Any) -> Path:
-    root = make_project(dest, {"sequences": SEQUENCES, "train": TINY | train_params})
-    shutil.copytree(shards, root / "data" / "shards")
-    return root
+from pipelines import config, storage, train
+from pipelines.errors import LakhflowError
 
 
 def read_history(root: Path) -> list[dict[str, str]]:
@@ -291,3 +206,115 @@ def test_missing_or_stale_shards_are_one_line_errors(project: Path, shards: Path
     shutil.copytree(shards, project / "data" / "shards")
     with pytest.raises(LakhflowError, match=r"windows of 8 notes but sequences\.seq_length is 32"):
         train.run(config.load(project))  # the repo's params: seq_length 32
+
+
+def _kill_after(root: Path, env: dict[str, str], epochs_done: int) -> dict[str, Any]:
+    """Run `lakhflow train` and SIGKILL it once `epochs_done` epochs are checkpointed."""
+    proc = subprocess.Popen(
+        ["lakhflow", "train"], cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    deadline = time.monotonic() + 300
+    try:
+        while time.monotonic() < deadline and proc.poll() is None:
+            found = _state_files(root)
+            if found:
+                with contextlib.suppress(ValueError):  # caught mid-write: look again
+                    if json.loads(found[0].read_text())["epochs_done"] >= epochs_done:
+                        os.kill(proc.pid, signal.SIGKILL)
+                        break
+            time.sleep(0.05)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        _, err = proc.communicate(timeout=60)
+    assert proc.returncode == -signal.SIGKILL, err.decode()[-2000:]
+    state: dict[str, Any] = json.loads(_state_files(root)[0].read_text())
+    assert state["epochs_done"] == epochs_done
+    return state
+
+
+@pytest.mark.slow
+def test_damaged_checkpoints_fall_back_and_a_diverging_run_registers_nothing(
+    trained: tuple[Path, dict, str], shards: Path, tmp_path: Path, mlflow_uri: str
+) -> None:
+    """Killed after epoch 2 of 3. (a) state.json and the newest checkpoint cut short: the next
+    run names them, goes on from epoch 1 and ends as the unbroken run does. (b) The newest
+    checkpoint's weights set to NaN: the next run stops in one line and registers nothing."""
+    root = train_project(tmp_path / "damaged", shards)
+    state = _kill_after(root, tool_env(MLFLOW_TRACKING_URI=mlflow_uri), epochs_done=2)
+    work = _state_files(root)[0].parent
+    assert sorted(p.name for p in work.glob("epoch-*")) == [
+        "epoch-0001.json", "epoch-0001.keras", "epoch-0002.json", "epoch-0002.keras",
+    ]  # fmt: skip
+    poisoned = tmp_path / "poisoned"
+    shutil.copytree(root, poisoned, symlinks=True)
+
+    for name in ("state.json", "epoch-0002.keras"):
+        data = (work / name).read_bytes()
+        (work / name).write_bytes(data[: len(data) // 2])
+    again = subprocess.run(
+        ["lakhflow", "train"], cwd=root, env=tool_env(MLFLOW_TRACKING_URI=mlflow_uri),
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"{work / 'state.json'} is damaged" in again.stderr
+    assert f"checkpoint {work / 'epoch-0002.keras'} is damaged" in again.stderr
+    assert "resuming training after epoch 1" in again.stderr
+    assert [int(r["epoch"]) for r in read_history(root)] == [1, 2, 3]
+    info = json.loads((root / "data" / "model" / "run.json").read_text())
+    assert info["run_id"] == state["run_id"]  # the run id came from epoch 1's own state
+    _, unbroken, _ = trained
+    resumed = json.loads((root / "data" / "metrics" / "train.json").read_text())
+    for key, value in unbroken["final"].items():
+        assert round(resumed["final"][key], 4) == round(value, 4), key
+
+    from pipelines.model import load_model
+
+    checkpoint = next(poisoned.glob(".lakhflow/work/train/*/epoch-0002.keras"))
+    model = load_model(checkpoint)
+    model.set_weights([np.full_like(w, np.nan) for w in model.get_weights()])
+    model.save(checkpoint)
+    versions = len(mlflow.MlflowClient().search_model_versions("name='lakhflow-lstm'"))
+    with pytest.raises(LakhflowError, match=r"training diverged in epoch 3: \S+ is nan; nothing"):
+        train.run(config.load(poisoned))
+    assert len(mlflow.MlflowClient().search_model_versions("name='lakhflow-lstm'")) == versions
+    assert not (poisoned / "data" / "model").exists()
+    after = json.loads(next(poisoned.glob(".lakhflow/work/train/*/state.json")).read_text())
+    assert after["epochs_done"] == 2  # the diverged epoch was not checkpointed
+    assert mlflow.MlflowClient().get_run(state["run_id"]).info.status == "FAILED"
+
+
+def test_resume_takes_the_newest_state_whose_checkpoint_loads(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    def load(path: Path) -> str:
+        if path.read_text() != "good":
+            raise ValueError("File is not a zip file")
+        return path.name
+
+    def state(epoch: int) -> train.Progress:
+        row = {"epoch": float(epoch), "loss": 1.0, "val_loss": 2.0 - epoch / 10}
+        return train.Progress(
+            epochs_done=epoch, run_id="run-1", history=[row], checkpoint=f"epoch-{epoch:04d}.keras"
+        )
+
+    for epoch, content in ((1, "good"), (2, "good"), (3, "cut")):
+        (tmp_path / f"epoch-{epoch:04d}.keras").write_text(content)
+        storage.write_json(tmp_path / f"epoch-{epoch:04d}.json", state(epoch).to_json())
+    state(3).save(tmp_path)
+    progress, model = train.resume(tmp_path, load)
+    assert (progress.epochs_done, model) == (2, "epoch-0002.keras")
+    assert "epoch-0003.keras is damaged" in caplog.text
+
+    for path in tmp_path.glob("epoch-*.keras"):
+        path.write_text("cut")
+    progress, model = train.resume(tmp_path, load)
+    assert model is None and progress.epochs_done == 0 and progress.run_id == "run-1"
+    assert "no usable checkpoint" in caplog.text
+
+
+def test_a_loss_that_is_not_finite_stops_training_in_one_line(project: Path) -> None:
+    cfg = config.load(project)
+    train.check_finite(cfg, 2, {"loss": 2.5, "val_loss": 2.7})
+    with pytest.raises(LakhflowError, match=r"diverged in epoch 4: val_loss is inf; nothing was"):
+        train.check_finite(cfg, 4, {"loss": 2.5, "val_loss": math.inf})
