@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -13,7 +14,7 @@ import tensorflow as tf
 
 from pipelines import model as M
 from pipelines.config import Train
-from pipelines.train import Progress
+from pipelines.train import Progress, resume
 
 MANIFEST = {
     "seq_length": 8,
@@ -185,10 +186,11 @@ def test_early_stopping_state_survives_a_resume(tmp_path: Path) -> None:
         if epoch == 3:  # a kill and restart in the middle
             progress.epochs_done = epoch
             progress.save(tmp_path)
-            progress = Progress.load(tmp_path)
+            progress = Progress.from_json(json.loads((tmp_path / "state.json").read_text()))
     assert seen == [(1, True), (2, True), (3, False), (4, True), (5, False), (6, False)]
     assert progress.stopped and progress.best_epoch == 4 and progress.best_val_loss == 1.9
-    assert Progress.load(tmp_path / "nowhere").best_val_loss == math.inf
+    fresh, model = resume(tmp_path / "nowhere", load=None)
+    assert model is None and fresh.best_val_loss == math.inf
 
 
 def test_a_head_with_a_single_class_trains_with_zero_loss() -> None:
