@@ -2,8 +2,9 @@
 
 `serve()` (what `lakhflow serve` runs) serves both from one process, as Prefect's `serve`
 does; `prefect.yaml` declares the same two for `prefect deploy --all` to a work pool, reading
-its schedules and parameters from `deploy_settings()`. Schedules come from params.yaml
-(`flows.pipeline_cron`, `flows.generate_cron`); each deployment runs one flow run at a time.
+its schedules from `deploy_settings()`. Schedules come from params.yaml (`flows.pipeline_cron`,
+`flows.generate_cron`); each deployment runs one flow run at a time. The deployments carry no
+parameters: each run reads params.yaml as it is then, and a parameter given at run time wins.
 """
 
 from __future__ import annotations
@@ -17,25 +18,13 @@ GENERATE_DEPLOYMENT = "hourly"
 TAGS = ["lakhflow"]
 
 
-def pipeline_parameters(cfg: config.Config) -> dict[str, Any]:
-    """The nightly run's parameters: none; the pipeline reads params.yaml."""
-    return {}
-
-
-def generate_parameters(cfg: config.Config) -> dict[str, Any]:
-    """The hourly batch's parameters: params.yaml's `generate.*` (seed: a new one per batch)."""
-    g = cfg.generate
-    return {"count": g.count, "notes": g.notes, "temperature": g.temperature, "program": g.program}
-
-
 def deploy_settings() -> dict[str, Any]:
-    """A `prefect.yaml` build step: the schedules and parameters from params.yaml, and the root."""
+    """A `prefect.yaml` build step: the schedules from params.yaml, and the project root."""
     cfg = config.load()
     return {
         "root": str(cfg.paths.root),
         "pipeline_cron": cfg.flows.pipeline_cron,
         "generate_cron": cfg.flows.generate_cron,
-        "generate": generate_parameters(cfg),
     }
 
 
@@ -53,7 +42,6 @@ def serve() -> None:
     pipeline = lakhflow_pipeline.to_deployment(
         name=PIPELINE_DEPLOYMENT,
         cron=cfg.flows.pipeline_cron,
-        parameters=pipeline_parameters(cfg),
         concurrency_limit=1,
         tags=TAGS,
         description="Every DVC stage, download to promote, through `dvc repro`.",
@@ -62,7 +50,6 @@ def serve() -> None:
     batches = batch_generate.to_deployment(
         name=GENERATE_DEPLOYMENT,
         cron=cfg.flows.generate_cron,
-        parameters=generate_parameters(cfg),
         concurrency_limit=1,
         tags=TAGS,
         description="A batch of pieces from the champion model into batches/<date-time>/.",

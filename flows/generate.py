@@ -17,7 +17,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
 from pipelines import config
-from pipelines.cli import run_stage
+from pipelines.stages import run_stage
 
 
 @task(cache_policy=NO_CACHE)

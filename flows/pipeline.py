@@ -17,8 +17,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -27,9 +25,8 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
 from pipelines import config
-from pipelines.cli import STAGES
 from pipelines.errors import LakhflowError, ParamsError
-from pipelines.storage import atomic_path
+from pipelines.stages import STAGES
 
 LOG_TAIL_LINES = 20
 STAGE_EXIT = re.compile(r"failed to run: .*, exited with (-?\d+)")
@@ -69,7 +66,9 @@ def _dvc() -> str:
     return str(local) if local.exists() else "dvc"
 
 
-def _stream(cmd: list[str], cwd: Path, limit_s: float) -> tuple[int, list[str]]:
+def _stream(
+    cmd: list[str], cwd: Path, limit_s: float, run_env: dict[str, str]
+) -> tuple[int, list[str]]:
     """Run `cmd`, sending each output line to the run's log; returns (exit code, last lines).
 
     The command runs in its own process group so that a time limit (or a cancelled run) ends
@@ -80,7 +79,7 @@ def _stream(cmd: list[str], cwd: Path, limit_s: float) -> tuple[int, list[str]]:
     proc = subprocess.Popen(
         cmd,
         cwd=cwd,
-        env=_tool_env(),
+        env=_tool_env() | run_env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -125,11 +124,18 @@ def _kill_group(proc: subprocess.Popen[str]) -> None:
 
 
 @task(cache_policy=NO_CACHE)
-def repro(stage: str, root: str, limit_s: float, force: bool = False) -> dict[str, Any]:
-    """Run one DVC stage (`dvc repro --single-item <stage>`) in the project root."""
+def repro(
+    stage: str,
+    root: str,
+    limit_s: float,
+    force: bool = False,
+    run_env: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """Run one DVC stage (`dvc repro --single-item <stage>`) in the project root; `run_env`
+    says how stages run (LAKHFLOW_PARSE_SCHEDULER), outside what DVC hashes."""
     cmd = [_dvc(), "repro", "--single-item", stage, *(["--force"] if force else [])]
     started = time.perf_counter()
-    code, tail = _stream(cmd, Path(root), limit_s)
+    code, tail = _stream(cmd, Path(root), limit_s, run_env or {})
     if code != 0:
         # dvc exits 255 whatever happened; the stage's own exit code is in its last words
         said = STAGE_EXIT.search("\n".join(tail))
@@ -148,59 +154,39 @@ def _retry_unless_params_error(task: Any, task_run: Any, state: Any) -> bool:
     return not (isinstance(exc, StageFailed) and exc.returncode == ParamsError.exit_code)
 
 
-@contextmanager
-def _params_for_run(params_file: Path, overrides: list[str]) -> Iterator[None]:
-    """Apply `key=value` overrides to params.yaml for one run, then restore it byte for byte."""
-    if not overrides:
-        yield
-        return
-    from pipelines.cli import apply_to_params
-
-    original = params_file.read_bytes()
-    try:
-        apply_to_params(params_file, overrides)
-        yield
-    finally:
-        with atomic_path(params_file) as tmp:
-            tmp.write_bytes(original)
-
-
 @flow(name="lakhflow-pipeline")
 def lakhflow_pipeline(scheduler_address: str | None = None, force: bool = False) -> dict[str, Any]:
     """Run the DVC stages download to promote in order, then report metrics and the model.
 
     `scheduler_address` (such as tcp://127.0.0.1:8786) runs the parse stage on that Dask
-    cluster: for this run params.yaml says `parse.executor: dask` and the address, and it is
-    restored afterwards. `force` reruns every stage even when DVC finds it unchanged.
+    cluster: the stages get it as LAKHFLOW_PARSE_SCHEDULER (how a stage runs is not params:
+    params.yaml is never rewritten). `force` reruns every stage even when DVC finds it unchanged.
     """
     cfg = config.load()
     root = cfg.paths.root
     limits = cfg.flows
-    overrides = []
-    if scheduler_address:
-        overrides = ["parse.executor=dask", f"parse.scheduler_address={scheduler_address}"]
+    run_env = {config.PARSE_SCHEDULER_ENV: scheduler_address} if scheduler_address else {}
     # a delay that doubles each retry: 1x, 2x, 4x ... retry_delay_s
     delays = [limits.retry_delay_s * 2**i for i in range(limits.download_retries)]
     started = time.perf_counter()
     results: list[dict[str, Any]] = []
-    with _params_for_run(cfg.paths.params, overrides):
-        for stage in STAGES:
-            options: dict[str, Any] = {
-                "name": stage,
-                "task_run_name": f"dvc repro {stage}",
-                # the stage's own limit (in `_stream`) stops its processes and names it;
-                # Prefect's, a little later, is the backstop
-                "timeout_seconds": limits.stage_timeout_s + TIMEOUT_GRACE_S,
+    for stage in STAGES:
+        options: dict[str, Any] = {
+            "name": stage,
+            "task_run_name": f"dvc repro {stage}",
+            # the stage's own limit (in `_stream`) stops its processes and names it;
+            # Prefect's, a little later, is the backstop
+            "timeout_seconds": limits.stage_timeout_s + TIMEOUT_GRACE_S,
+        }
+        if stage == "download" and limits.download_retries:
+            options |= {
+                "retries": limits.download_retries,
+                "retry_delay_seconds": delays,
+                "retry_condition_fn": _retry_unless_params_error,
             }
-            if stage == "download" and limits.download_retries:
-                options |= {
-                    "retries": limits.download_retries,
-                    "retry_delay_seconds": delays,
-                    "retry_condition_fn": _retry_unless_params_error,
-                }
-            results.append(
-                repro.with_options(**options)(stage, str(root), limits.stage_timeout_s, force)
-            )
+        results.append(
+            repro.with_options(**options)(stage, str(root), limits.stage_timeout_s, force, run_env)
+        )
     seconds = time.perf_counter() - started
     summary = _summary(cfg, results, seconds)
     create_markdown_artifact(

@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import errno
-import importlib
 import logging
 import os
 import shlex
@@ -21,8 +20,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Iterator
 from types import FrameType
 from typing import Any
 
@@ -30,8 +28,8 @@ import yaml
 
 from pipelines import config, storage
 from pipelines.errors import WRITE_ERRNOS, LakhflowError, ParamsError, reason
+from pipelines.stages import STAGES, run_loaded
 
-STAGES = ("download", "parse", "sequences", "train", "generate", "evaluate", "promote")
 log = logging.getLogger("lakhflow")
 
 
@@ -70,28 +68,6 @@ def _import_tensorflow_quietly() -> None:
             os.close(saved)
 
 
-def run_stage(stage: str, overrides: list[str] | None = None) -> dict[str, Any]:
-    """Load and validate params, then run one stage's `run(cfg)`; returns its metrics."""
-    return run_loaded(stage, config.load(overrides=overrides))
-
-
-def run_loaded(stage: str, cfg: config.Config) -> dict[str, Any]:
-    """Run one stage's `run(cfg)` with params already loaded and validated.
-
-    One run at a time per stage and project (a second one is refused), and temporaries that
-    killed runs left in data/ are cleared first.
-    """
-    module = importlib.import_module(f"pipelines.{stage}")
-    runner: Callable[[config.Config], dict[str, Any]] = module.run
-    # Generate writing elsewhere than data/generated/ (a scheduled batch) has a lock of its own,
-    # so batches run beside the pipeline's generate stage.
-    elsewhere = stage == "generate" and cfg.generate.output is not None
-    with storage.stage_lock(cfg.paths.work, stage, "output" if elsewhere else None):
-        for folder in (cfg.paths.root / "data", cfg.paths.metrics):
-            storage.remove_stale_temporaries(folder)
-        return runner(cfg)
-
-
 def _stage_command(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     run_loaded(args.command, args.cfg)
@@ -107,36 +83,11 @@ def _preset_command(args: argparse.Namespace) -> int:
         cmd = ["dvc", "exp", "run", *[x for o in overrides for x in ("-S", o)]]
         return subprocess.call(cmd, cwd=cfg.paths.root)
     if args.apply:
-        apply_to_params(cfg.paths.params, overrides)
+        config.apply_to_params(cfg.paths.params, overrides)
         print(f"applied preset {args.name} to {cfg.paths.params.name}: {len(overrides)} keys")
         return 0
     print(f"dvc exp run {sets}")
     return 0
-
-
-def apply_to_params(path: Path, overrides: list[str]) -> None:
-    """Write overrides into params.yaml, keeping its comments and order."""
-    from ruamel.yaml import YAML
-
-    yaml = YAML()
-    tree = yaml.load(path.read_text())
-    for text in overrides:
-        parts, value = config.parse_override(text)
-        node = tree
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-        node[parts[-1]] = value
-    config.validate(_plain(tree))
-    with open(path, "w") as f:
-        yaml.dump(tree, f)
-
-
-def _plain(tree: Any) -> Any:
-    if isinstance(tree, dict):
-        return {str(k): _plain(v) for k, v in tree.items()}
-    if isinstance(tree, list):
-        return [_plain(v) for v in tree]
-    return tree
 
 
 UI_HOST = "127.0.0.1"

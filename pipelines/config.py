@@ -13,7 +13,7 @@ import functools
 import importlib.util
 import os
 import re
-from collections.abc import Hashable
+from collections.abc import Hashable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -25,6 +25,10 @@ from pydantic_core import ErrorDetails
 from pipelines.errors import ParamsError
 
 PARAMS_FILE = "params.yaml"
+# How the parse stage runs, not what it writes: a run takes these from the environment (or -S),
+# so nothing rewrites params.yaml for one run, and DVC, which hashes params, never sees them.
+PARSE_SCHEDULER_ENV = "LAKHFLOW_PARSE_SCHEDULER"  # a Dask scheduler: parse.executor dask there
+PARSE_WORKERS_ENV = "LAKHFLOW_PARSE_WORKERS"
 # MLflow forbids '/' and ':' in registered model names; '@' and '#', '?', '%' or spaces would
 # also break the models:/NAME@ALIAS URIs that name the champion. 256: the registry's column.
 MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
@@ -464,6 +468,27 @@ def _shown_error(errors: list[ErrorDetails]) -> ErrorDetails:
     return max(same_key, key=lambda e: len(e["loc"]))  # the first of the deepest
 
 
+def apply_to_params(path: Path, overrides: list[str]) -> None:
+    """Write overrides into params.yaml (`lakhflow preset --apply`), keeping its comments and
+    order; the result is validated before the file is touched."""
+    from ruamel.yaml import YAML
+
+    yaml_rt = YAML()
+    tree = yaml_rt.load(path.read_text())
+    apply_overrides(tree, overrides)  # ruamel's mappings are dicts: the same walk
+    validate(_plain(tree))
+    with open(path, "w") as f:
+        yaml_rt.dump(tree, f)
+
+
+def _plain(tree: Any) -> Any:
+    if isinstance(tree, dict):
+        return {str(k): _plain(v) for k, v in tree.items()}
+    if isinstance(tree, list):
+        return [_plain(v) for v in tree]
+    return tree
+
+
 def _describe(error: ErrorDetails, model: type[BaseModel]) -> str:
     loc = [str(p) for p in error["loc"] if not UNION_BRANCH.fullmatch(str(p))]
     key = ".".join(loc)
@@ -565,8 +590,22 @@ def load(root: Path | None = None, overrides: list[str] | None = None) -> Config
             f"no {PARAMS_FILE} in {root}: run lakhflow from the project's root "
             "(or set LAKHFLOW_ROOT)"
         )
-    tree = apply_overrides(read_params(paths.params), overrides or [])
+    settings = run_settings(os.environ)
+    tree = apply_overrides(read_params(paths.params), settings + (overrides or []))
     return Config(params=validate(tree), paths=paths)
+
+
+def run_settings(environ: Mapping[str, str]) -> list[str]:
+    """The overrides that LAKHFLOW_PARSE_SCHEDULER and LAKHFLOW_PARSE_WORKERS stand for (an
+    -S override still wins)."""
+    settings = []
+    if address := environ.get(PARSE_SCHEDULER_ENV, "").strip():
+        settings += ["parse.executor=dask", f"parse.scheduler_address={to_yaml_scalar(address)}"]
+    if workers := environ.get(PARSE_WORKERS_ENV, "").strip():
+        if not workers.isdigit():
+            raise ParamsError(f"{PARSE_WORKERS_ENV}={workers!r} is not a number of workers")
+        settings.append(f"parse.workers={workers}")
+    return settings
 
 
 def load_preset(paths: Paths, name: str) -> list[str]:

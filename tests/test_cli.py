@@ -21,7 +21,7 @@ import psutil
 import pytest
 from conftest import CHORALES, bach_midi, make_project, run_cli, tool_env
 
-from pipelines import cli, config
+from pipelines import cli, config, stages
 from pipelines.errors import ParamsError
 
 
@@ -111,7 +111,7 @@ def test_run_stage_still_loads_params_itself(
     """flows/ call `run_stage(stage, overrides)`: it loads and validates as before."""
     monkeypatch.setenv("LAKHFLOW_ROOT", str(project))
     with pytest.raises(ParamsError, match=r"^train\.learning_rate: "):
-        cli.run_stage("train", ["train.learning_rate=.inf"])
+        stages.run_stage("train", ["train.learning_rate=.inf"])
 
 
 def test_missing_params_file_is_one_line(tmp_path: Path) -> None:

@@ -246,13 +246,13 @@ def _concurrency_limit(deployment: Any) -> int | None:
 def _check_deployments(tiny: Tiny) -> dict[str, Any]:
     from prefect import get_client
 
-    from flows.deployments import generate_parameters
     from pipelines import config
 
     cfg = config.load(tiny.root)
     expected = {
         "lakhflow-pipeline/nightly": (cfg.flows.pipeline_cron, {}),
-        "batch-generate/hourly": (cfg.flows.generate_cron, generate_parameters(cfg)),
+        # no parameters: each run reads params.yaml as it is then
+        "batch-generate/hourly": (cfg.flows.generate_cron, {}),
     }
     found = {}
     with get_client(sync_client=True) as client:
