@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -17,8 +16,9 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from conftest import another_hash_seed, folder_digests, make_project, run_cli, tool_env
+from faulty_parsers import FaultyParser, worker_env
 
-from pipelines import config, parse, schema
+from pipelines import config, parse, schema, workers
 
 PARAMS = {
     "download": {"source": "bach"},
@@ -113,8 +113,8 @@ def build_corpus() -> dict[str, bytes]:
     members["broken/bad_header.mid"] = b"MThx" + chorales[1][4:]
     members["broken/huge_tick.mid"] = tiny_midi([(0, note), (50_000_000, end)])
     members["copies/bwv66.6.mid"] = chorales[0]  # a duplicate
-    # Valid files that the test hook makes hang, crash, eat memory or send a malformed answer
-    # (ok without the hook).
+    # Valid files that the faulty parser makes hang, crash, eat memory or send a malformed
+    # answer (ok with the real one).
     for k, name in enumerate(HOOKED):
         members[f"hooks/{name}"] = multitrack_midi(10 + k)
     return members
@@ -152,8 +152,8 @@ def new_project(tmp: Path, archive: Path, **parse_params: object) -> Path:
     return root
 
 
-def run_stage(root: Path, *overrides: str) -> dict:
-    return parse.run(config.load(root, list(overrides)))
+def run_stage(root: Path, *overrides: str, parser: parse.MidiParser | None = None) -> dict:
+    return parse.run(config.load(root, list(overrides)), parser)
 
 
 def read_tables(root: Path) -> dict[str, object]:
@@ -293,24 +293,18 @@ def test_pretty_midi_gives_the_same_tables(
 
 @pytest.fixture(scope="module")
 def hooked(corpus_archive: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One run where the TEST HOOK hangs, aborts, bloats and garbles one file each."""
+    """One run where the faulty parser hangs, aborts, bloats and garbles one file each."""
     root = new_project(
         tmp_path_factory.mktemp("hooked") / "project",
         corpus_archive,
         timeout_s=3,
         max_memory_mb=1024,
     )
-    old = os.environ.get(parse.TEST_HOOK_ENV)
-    os.environ[parse.TEST_HOOK_ENV] = (
-        "sleep:hang.mid,abort:crash.mid,allocate:hog.mid,garble:garbled.mid"
-    )
-    try:
-        run_stage(root)
-    finally:
-        if old is None:
-            del os.environ[parse.TEST_HOOK_ENV]
-        else:
-            os.environ[parse.TEST_HOOK_ENV] = old
+    faults = (("sleep", "hang.mid"), ("abort", "crash.mid"), ("allocate", "hog.mid"),
+              ("garble", "garbled.mid"))  # fmt: skip
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("PYTHONPATH", worker_env()["PYTHONPATH"])
+        run_stage(root, parser=FaultyParser(faults=faults))
     return root
 
 
@@ -346,15 +340,16 @@ def test_worker_answers_on_its_own_pipe_not_stdout(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # A print to the worker's stdout (an import's, or C code's) must not reach the answers.
-    monkeypatch.setenv(parse.TEST_HOOK_ENV, "stdout:a.mid")
-    worker = parse.ParseWorker(parse.WorkerSettings("symusic", 30.0, 2048))
+    monkeypatch.setenv("PYTHONPATH", worker_env()["PYTHONPATH"])
+    job = parse.NotePartJob(FaultyParser(faults=(("stdout", "a.mid"),)))
+    worker = workers.BatchWorker(workers.WorkerSettings(job, 30.0, 2048))
     worker.start()
     try:
         assert worker.proc is not None and worker.proc.stdout is None
         midi_bytes = tiny_midi(
             [(0, mido.Message("note_on", note=60)), (480, mido.Message("note_off", note=60))]
         )
-        result = worker.parse_batch([("a.mid", "a", midi_bytes)], str(tmp_path / "a.parquet"))
+        result = worker.run_batch([("a.mid", "a", midi_bytes)], str(tmp_path / "a.parquet"))
         assert result.outcomes[0][:2] == ("ok", 1)
     finally:
         worker.close()
@@ -385,9 +380,14 @@ def test_sigkill_then_resume_parses_only_the_rest(
     baseline: Path, corpus_archive: Path, tmp_path: Path
 ) -> None:
     root = new_project(tmp_path / "project", corpus_archive, workers=1)
-    # TEST HOOK: every file takes 0.4 s, so the kill lands part way through.
+    # The stage with a parser that takes 0.4 s a file, so the kill lands part way through.
+    slow = (
+        "from pathlib import Path; from faulty_parsers import FaultyParser\n"
+        "from pipelines import config, parse\n"
+        "parse.run(config.load(Path('.'), []), FaultyParser(faults=(('sleep=0.4', '*'),)))\n"
+    )
     proc = subprocess.Popen(
-        ["lakhflow", "parse"], cwd=root, env=tool_env(**{parse.TEST_HOOK_ENV: "sleep=0.4:*"}),
+        ["python", "-c", slow], cwd=root, env=worker_env(tool_env()),
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     runs = root / ".lakhflow" / "work" / "parse"
