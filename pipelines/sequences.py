@@ -2,6 +2,8 @@
 
 Reads `data/notes/notes-*.parquet` and `data/notes/files.parquet`; writes `data/shards/`:
 `{train,val,test}-NNNNN-of-MMMMM.tfrecord.gz`, `splits.parquet` and `manifest.json` (CONTRACTS.md).
+Here: reading the note tables, selecting tracks, and `run`; split keys are in `splits`, the
+bins in `bins`, the spill and shard writer in `shards`.
 """
 
 from __future__ import annotations
@@ -218,27 +220,6 @@ class SplitTotals:
     windows: int = 0
 
 
-def survey_files(
-    parts: list[Path], ok: set[str], selection: Selection
-) -> tuple[dict[str, FileSurvey], Counter[int], int]:
-    """Pass 1: each file's content hash and tune, and the notes per program of eligible tracks."""
-    survey: dict[str, FileSurvey] = {}
-    programs: Counter[int] = Counter()
-    tracks = 0
-    for file_id, notes in tqdm(
-        iter_file_notes(parts), desc="survey", unit=" files", disable=None, leave=False
-    ):
-        if file_id not in ok:
-            continue
-        survey[file_id] = FileSurvey(content_hash(notes), tune_fingerprint(notes))
-        for _, rows in track_slices(notes):
-            tracks += 1
-            program, drum = int(notes["program"][rows.start]), bool(notes["is_drum"][rows.start])
-            if selection.passes(program, drum, rows.stop - rows.start):
-                programs[program] += rows.stop - rows.start
-    return survey, programs, tracks
-
-
 @dataclass
 class Corpus:
     """The files the note tables list with status ok, and where their notes are."""
@@ -316,6 +297,27 @@ def read_corpus(notes_dir: Path) -> Corpus:
     return Corpus(ok_files, groups, parts, notes)
 
 
+def survey_files(
+    parts: list[Path], ok: set[str], selection: Selection
+) -> tuple[dict[str, FileSurvey], Counter[int], int]:
+    """Pass 1: each file's content hash and tune, and the notes per program of eligible tracks."""
+    survey: dict[str, FileSurvey] = {}
+    programs: Counter[int] = Counter()
+    tracks = 0
+    for file_id, notes in tqdm(
+        iter_file_notes(parts), desc="survey", unit=" files", disable=None, leave=False
+    ):
+        if file_id not in ok:
+            continue
+        survey[file_id] = FileSurvey(content_hash(notes), tune_fingerprint(notes))
+        for _, rows in track_slices(notes):
+            tracks += 1
+            program, drum = int(notes["program"][rows.start]), bool(notes["is_drum"][rows.start])
+            if selection.passes(program, drum, rows.stop - rows.start):
+                programs[program] += rows.stop - rows.start
+    return survey, programs, tracks
+
+
 def most_common(programs: Counter[int]) -> int:
     """The program with the most notes; ties go to the lower program, whatever the file order."""
     return min(programs, key=lambda q: (-programs[q], q))
@@ -357,6 +359,7 @@ def add_track(
     notes: Notes,
     rows: slice,
 ) -> None:
+    """One selected track: its chunks into the spill, its counts and tempi, and (train) bins."""
     n = rows.stop - rows.start
     total = tally.totals[split]
     features = track_features(notes, rows, p)
