@@ -1,4 +1,5 @@
-"""Safe, streaming reads of a MIDI collection: a `.tar.gz` archive or a folder.
+"""Safe, streaming reads of a MIDI collection (a `.tar.gz` archive or a folder), and
+byte-reproducible writes of one.
 
 Members are read one at a time from the compressed stream (Lakh is never extracted). Members
 with absolute paths, `..`, links or devices are never followed; one over the size cap is refused.
@@ -6,12 +7,16 @@ with absolute paths, `..`, links or devices are never followed; one over the siz
 
 from __future__ import annotations
 
+import gzip
+import hashlib
+import io
 import tarfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, BinaryIO
 
+from pipelines import storage
 from pipelines.errors import LakhflowError
 
 MIDI_SUFFIXES = (".mid", ".midi", ".kar")
@@ -102,3 +107,37 @@ def _tar_members(
         handle = tar.extractfile(info)
         if handle is not None:
             yield Member(info.name.removeprefix("./"), handle.read())
+
+
+def write_archive(out: BinaryIO, members: Iterable[tuple[str, bytes]]) -> int:
+    """Write (name, bytes) members, in the order given, as a byte-reproducible .tar.gz.
+
+    Fixed times, owners and modes, and a gzip header without time or file name: the same
+    members give the same bytes, so DVC sees no change when nothing changed.
+    """
+    count = 0
+    with (
+        gzip.GzipFile(filename="", mode="wb", fileobj=out, mtime=0, compresslevel=6) as gz,
+        tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar,
+    ):
+        for name, data in members:
+            check_name(name)
+            info = tarfile.TarInfo(PurePosixPath(name).as_posix())
+            info.size = len(data)
+            info.mtime = 0
+            info.mode = 0o644
+            info.uid = info.gid = 0
+            info.uname = info.gname = ""
+            tar.addfile(info, io.BytesIO(data))
+            count += 1
+    return count
+
+
+def digests(path: Path) -> tuple[str, str]:
+    """The file's md5 and sha256, from one read."""
+    md5, sha256 = hashlib.md5(), hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(storage.CHUNK):
+            md5.update(block)
+            sha256.update(block)
+    return md5.hexdigest(), sha256.hexdigest()

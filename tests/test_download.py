@@ -362,19 +362,6 @@ def test_named_sources_take_lakh_facts_and_overrides(tmp_path: Path) -> None:
     assert (other.url, other.size, other.md5) == ("http://mirror.example/m.tar.gz", None, "a" * 32)
 
 
-def test_write_archive_is_byte_reproducible() -> None:
-    midi = {"b/two.mid": random_midi(3, 20), "a/one.mid": random_midi(4, 20)}
-    first, second = io.BytesIO(), io.BytesIO()
-    download.write_archive(first, sorted(midi.items()))
-    download.write_archive(second, sorted(midi.items()))
-    assert first.getvalue() == second.getvalue()
-    assert first.getvalue()[4:8] == b"\0\0\0\0"  # gzip header time
-    with tarfile.open(fileobj=io.BytesIO(first.getvalue())) as tar:
-        infos = tar.getmembers()
-    assert [i.name for i in infos] == ["a/one.mid", "b/two.mid"]
-    assert {(i.mtime, i.uid, i.gid, i.uname, i.mode) for i in infos} == {(0, 0, 0, "", 0o644)}
-
-
 def test_bach_limit_5_gives_5_midi_files_pretty_midi_reads(tmp_path: Path) -> None:
     cfg = config.load(tmp_path, ["download.limit=5", "download.workers=1"])
     metrics = download.run(cfg)

@@ -18,7 +18,7 @@ from conftest import (
     run_cli,
 )
 
-from pipelines import config, dataset, instruments, sequences
+from pipelines import config, dataset, instruments, sequences, splits
 from pipelines.errors import LakhflowError, ParamsError
 
 T = SEQUENCES_TEST_PARAMS["seq_length"]
@@ -107,23 +107,6 @@ def test_chunks_overlap_so_no_window_is_lost(n: int, stride: int) -> None:
     assert sequences.windows_in(n, T, stride) == (n - T - 1) // stride + 1
 
 
-def test_highest_voice_is_the_skyline_and_the_tune_ignores_key() -> None:
-    # soprano 72 74 76 held over a moving alto; alto above nothing else
-    notes = {
-        "start": np.array([0, 0, 0.5, 1, 1, 2], np.float32),
-        "end": np.array([1, 0.5, 1, 2, 2, 3], np.float32),
-        "pitch": np.array([72, 60, 62, 74, 64, 76], np.int8),
-        "is_drum": np.zeros(6, bool),
-    }
-    assert sequences.highest_voice(notes) == [72, 74, 76]
-    rng = np.random.default_rng(0)
-    melody = rng.integers(60, 80, 40)
-    one = {"start": np.arange(40, dtype=np.float32), "end": np.arange(1, 41, dtype=np.float32),
-           "pitch": melody.astype(np.int8), "is_drum": np.zeros(40, bool)}  # fmt: skip
-    other = {**one, "pitch": (melody + 5).astype(np.int8)}
-    assert sequences.tune_fingerprint(one) == sequences.tune_fingerprint(other) is not None
-
-
 # ---------------------------------------------------------------- the stage
 
 
@@ -146,12 +129,12 @@ def test_split_keys_keep_duplicates_same_notes_and_tunes_together(
 def test_split_by_file_and_group(shards_project: Path, note_corpus: dict, split_by: str) -> None:
     notes_dir = shards_project / "data" / "notes"
     survey = {
-        f: sequences.FileSurvey(sequences.content_hash(n), sequences.tune_fingerprint(n))
+        f: splits.FileSurvey(splits.content_hash(n), splits.tune_fingerprint(n))
         for f, n in sequences.iter_file_notes(sequences.note_parts(notes_dir))
     }
     files = pd.read_parquet(notes_dir / "files.parquet").query("status == 'ok'")
     groups = dict(zip(files["file_id"], files["group"], strict=True))
-    keys = sequences.split_keys(sorted(files["file_id"]), groups, survey, split_by)
+    keys = splits.split_keys(sorted(files["file_id"]), groups, survey, split_by)
     original = keys[file_id_of(note_corpus["chorales"][0])]
     # the same notes in other bytes share a key whatever split_by says
     assert keys[file_id_of(note_corpus["resaved"])] == original
