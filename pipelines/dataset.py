@@ -16,18 +16,16 @@ import tensorflow as tf
 
 from pipelines import storage
 from pipelines.errors import LakhflowError
+from pipelines.schema import CHUNK_CONTEXT_FEATURES, CHUNK_NOTE_FEATURES, NOTE_FEATURES
 
-NOTE_FEATURES = ("pitch", "step", "duration", "velocity")
 CHUNKS_PER_BLOCK = 16  # chunks framed together; a block's windows are shuffled among themselves
 CHUNK_SHUFFLE_BUFFER = 256  # chunks (of up to chunk_notes notes) in the shuffle buffer
 MAX_PITCH = 127
 
-_PARSE_SPEC = {
-    "pitch": tf.io.RaggedFeature(tf.int64),
-    "step": tf.io.RaggedFeature(tf.float32),
-    "duration": tf.io.RaggedFeature(tf.float32),
-    "velocity": tf.io.RaggedFeature(tf.int64),
-    "program": tf.io.FixedLenFeature([], tf.int64),
+_DTYPES = {"int64": tf.int64, "float": tf.float32}
+_PARSE_SPEC = {  # what the shard writer wrote (schema.CHUNK_*): the notes and their program
+    **{name: tf.io.RaggedFeature(_DTYPES[kind]) for name, kind in CHUNK_NOTE_FEATURES.items()},
+    "program": tf.io.FixedLenFeature([], _DTYPES[CHUNK_CONTEXT_FEATURES["program"]]),
 }
 
 

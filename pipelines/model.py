@@ -18,15 +18,20 @@ import numpy as np
 import tensorflow as tf
 
 from pipelines.config import Train
-from pipelines.errors import LakhflowError
-from pipelines.schema import HEADS
+from pipelines.schema import (
+    HEADS,
+    NOTE_FEATURES,
+    PITCHES,
+    bin_edges,
+    classes_of,
+    n_classes,
+)
 
 log = logging.getLogger(__name__)
 
-FEATURES = ("pitch", "step", "duration", "velocity")  # the model's raw inputs
+FEATURES = NOTE_FEATURES  # the model's raw inputs
 BINNED = ("step", "duration", "velocity")  # heads that are classes over the manifest's bins
 REGRESSION_HEADS = ("pitch", "step", "duration")  # the TensorFlow tutorial's heads
-PITCHES = 128
 INPUT_DTYPES = {"pitch": "int32", "step": "float32", "duration": "float32", "velocity": "int32"}
 # Keras needs unique layer names, and the heads own the names pitch/step/...; the inputs keep
 # those names as their dict keys (what callers pass), their layers are called `<name>_in`.
@@ -52,30 +57,13 @@ def single_class_loss(y_true: tf.Tensor, y_pred: tf.Tensor) -> tf.Tensor:
     return 0.0 * tf.cast(y_pred, tf.float32)
 
 
-def bin_edges(manifest: Mapping[str, Any], head: str) -> np.ndarray:
-    """The ascending inner bin boundaries of a head, as float32 (what the model compares in)."""
-    try:
-        edges = np.asarray(manifest["bins"][head]["edges"], dtype=np.float32)
-    except KeyError:
-        raise LakhflowError(f"the shards' manifest has no bins for {head!r}") from None
-    if edges.ndim != 1 or np.any(np.diff(edges) <= 0):
-        raise LakhflowError(f"the manifest's {head} bin edges are not strictly ascending")
-    return edges
-
-
-def n_classes(manifest: Mapping[str, Any], head: str) -> int:
-    """How many classes a categorical head predicts: 128 pitches, or len(edges) + 1 bins."""
-    return PITCHES if head == "pitch" else len(bin_edges(manifest, head)) + 1
-
-
 def to_classes(values: Any, edges: np.ndarray) -> Any:
     """Class index of each value: searchsorted(edges, x, side='right'), as Discretization does.
 
     numpy in, numpy out; a tensor in (inside tf.data), a tensor out. Both compare in float32.
     """
     if isinstance(values, np.ndarray):
-        found = np.searchsorted(edges, values.astype(np.float32), side="right")
-        return found.astype(np.int32)
+        return classes_of(values, edges)
     bucketed = tf.raw_ops.Bucketize(
         input=tf.cast(values, tf.float32), boundaries=[float(e) for e in edges]
     )

@@ -5,7 +5,13 @@ See DESIGN.md. Every stage that writes or reads these tables uses the schemas he
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
 import pyarrow as pa
+
+from pipelines.errors import LakhflowError
 
 NOTES = pa.schema(
     [
@@ -45,7 +51,8 @@ FILES = pa.schema(
 SPLITS = pa.schema([("file_id", pa.string()), ("split_key", pa.string()), ("split", pa.string())])
 SPLIT_NAMES = ("train", "val", "test")
 
-# One tf.train.Example per track chunk: the per-note features, and the chunk's identity.
+# One tf.train.Example per track chunk: the per-note features, and the chunk's identity. The
+# shard writer (shards.chunk_example) and the reader (dataset) both follow these.
 CHUNK_NOTE_FEATURES = {"pitch": "int64", "step": "float", "duration": "float", "velocity": "int64"}
 CHUNK_CONTEXT_FEATURES = {
     "program": "int64",
@@ -53,4 +60,32 @@ CHUNK_CONTEXT_FEATURES = {
     "track": "int64",
     "offset": "int64",
 }
-HEADS = ("pitch", "step", "duration", "velocity")
+# A note as the model sees it, and its heads (one per feature, in this order).
+NOTE_FEATURES = tuple(CHUNK_NOTE_FEATURES)
+HEADS = NOTE_FEATURES
+BINNED_HEADS = ("step", "duration", "velocity")  # categorical over the manifest's bins
+PITCHES = 128  # MIDI pitches: the pitch head's classes
+
+
+def bin_edges(manifest: Mapping[str, Any], head: str) -> np.ndarray:
+    """The ascending inner bin boundaries of a head, as float32 (what the model compares in)."""
+    try:
+        edges = np.asarray(manifest["bins"][head]["edges"], dtype=np.float32)
+    except KeyError:
+        raise LakhflowError(f"the shards' manifest has no bins for {head!r}") from None
+    if edges.ndim != 1 or np.any(np.diff(edges) <= 0):
+        raise LakhflowError(f"the manifest's {head} bin edges are not strictly ascending")
+    return edges
+
+
+def n_classes(manifest: Mapping[str, Any], head: str) -> int:
+    """How many classes a categorical head predicts: 128 pitches, or len(edges) + 1 bins."""
+    return PITCHES if head == "pitch" else len(bin_edges(manifest, head)) + 1
+
+
+def classes_of(values: Any, edges: Any) -> np.ndarray:
+    """The binning rule: a value's class is searchsorted(edges, x, side='right'), both sides in
+    float32, as the shards store the values and the model's Discretization compares them."""
+    edges32 = np.asarray(edges, dtype=np.float32)
+    found = np.searchsorted(edges32, np.asarray(values, dtype=np.float32), side="right")
+    return found.astype(np.int32)

@@ -13,11 +13,11 @@ import shutil
 import struct
 from collections.abc import Iterator
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import numpy as np
 
-from pipelines import storage
+from pipelines import schema, storage
 
 SPILL_BUCKET_BYTES = 256 << 20  # memory bound of the within-split shuffle
 SPILL_BYTES_PER_NOTE = 24  # what one note costs in a spilled chunk, to size the buckets
@@ -33,14 +33,16 @@ def chunk_example(
 
     example = example_pb2.Example()
     feature = example.features.feature
-    feature["pitch"].int64_list.value.extend(features["pitch"][lo:hi].tolist())
-    feature["step"].float_list.value.extend(features["step"][lo:hi].tolist())
-    feature["duration"].float_list.value.extend(features["duration"][lo:hi].tolist())
-    feature["velocity"].int64_list.value.extend(features["velocity"][lo:hi].tolist())
-    feature["program"].int64_list.value.append(program)
-    feature["file_id"].bytes_list.value.append(file_id.encode())
-    feature["track"].int64_list.value.append(track)
-    feature["offset"].int64_list.value.append(lo)
+
+    def put(name: str, kind: str, values: list[Any]) -> None:
+        {"int64": feature[name].int64_list, "float": feature[name].float_list,
+         "bytes": feature[name].bytes_list}[kind].value.extend(values)  # fmt: skip
+
+    for name, kind in schema.CHUNK_NOTE_FEATURES.items():
+        put(name, kind, features[name][lo:hi].tolist())
+    context = {"program": program, "file_id": file_id.encode(), "track": track, "offset": lo}
+    for name, kind in schema.CHUNK_CONTEXT_FEATURES.items():
+        put(name, kind, [context[name]])
     # A proto map's wire order follows a hash seeded per process: without `deterministic`
     # two runs on the same notes write other shard bytes, and DVC reruns training.
     return example.SerializeToString(deterministic=True)
