@@ -19,9 +19,10 @@ import numpy as np
 
 from pipelines import baselines as bl
 from pipelines import music_metrics as mm
-from pipelines import storage, tracking
+from pipelines import registry, storage, tracking
 from pipelines.config import Config
 from pipelines.errors import LakhflowError
+from pipelines.registry import TAG_PREFIX
 
 log = logging.getLogger(__name__)
 
@@ -29,18 +30,6 @@ BINNED = ("step", "duration", "velocity")
 HEADS = ("pitch", *BINNED)
 PITCHES = 128
 BATCH = 256
-# Version tags promote reads: the headline figures, under this prefix.
-TAG_PREFIX = "eval."
-TAGGED = (
-    "pitch_nll",
-    "pitch_accuracy",
-    "bigram_pitch_nll",
-    "pitch_nll_ratio_to_bigram",
-    "mean_overlap_area",
-    "mean_kl_divergence",
-    "max_copied_run",
-    "pieces_copying",
-)
 # Above this many training notes the copy detector filters the corpus by k-grams first.
 EXACT_COPY_NOTES = 5_000_000
 
@@ -684,11 +673,7 @@ def log_to_mlflow(
             for path in files:
                 mlflow.log_artifact(str(path), artifact_path="evaluation")
         if version is not None:
-            client = MlflowClient()
-            tags = {f"{TAG_PREFIX}{k}": str(result[k]) for k in TAGGED if k in result}
-            tags |= {"splits_sha256": result["splits_sha256"], "source": result["source"]}
-            for key, value in tags.items():
-                client.set_model_version_tag(name, str(version), key, value)
+            registry.set_tags(MlflowClient(), name, str(version), registry.evaluation_tags(result))
     except tracking.errors() as exc:
         raise LakhflowError(
             f"cannot log to the model's MLflow run {run_id} ({tracking.reason(exc)}); "

@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from pipelines import storage, tracking
+from pipelines import registry, storage, tracking
 from pipelines.config import Config, Generate
 from pipelines.errors import LakhflowError, ParamsError
 from pipelines.generator import (
@@ -27,6 +27,7 @@ from pipelines.generator import (
     Notes,
     NoteSampler,
     Sampling,
+    load_keras,
     pitches_primer,
     seconds_per_unit,
     tempo_of,
@@ -68,32 +69,8 @@ class Primers:
 # --------------------------------------------------------------------------- the model
 
 
-def _registry_version(uri: str) -> tuple[str | None, str | None]:
-    """(version, run_id) of a `models:/NAME@ALIAS` or `models:/NAME/VERSION` URI."""
-    from mlflow import MlflowClient
-    from mlflow.exceptions import MlflowException
-
-    client = MlflowClient()
-    body = uri.removeprefix("models:/").strip("/")
-    try:
-        if "@" in body:
-            name, alias = body.split("@", 1)
-            found = client.get_model_version_by_alias(name, alias)
-        elif "/" in body:
-            name, version = body.split("/", 1)
-            found = client.get_model_version(name, version)
-        else:
-            return None, None
-    except MlflowException as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "not found"
-        raise LakhflowError(f"model {uri!r} does not exist in the registry: {first}") from None
-    return str(found.version), found.run_id
-
-
 def load_source(cfg: Config) -> Source:
     """data/model/ (what DVC tracks) when generate.model_uri is null, else the MLflow model."""
-    from pipelines.generator import load_generator, load_keras
-
     uri = cfg.generate.model_uri
     if uri is None:
         model_dir = cfg.paths.model
@@ -112,10 +89,10 @@ def load_source(cfg: Config) -> Source:
             run_id=run.get("run_id"),
         )
     tracking.setup(cfg.paths)
-    version, run_id = _registry_version(uri) if uri.startswith("models:/") else (None, None)
+    version, run_id = registry.version_of_uri(uri) if uri.startswith("models:/") else (None, None)
     if uri.startswith("runs:/"):
         run_id = uri.removeprefix("runs:/").split("/", 1)[0]
-    generator = load_generator(uri)
+    generator = registry.load_generator(uri)
     return Source(
         model=generator.keras_model,
         manifest=generator.manifest,

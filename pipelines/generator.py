@@ -2,7 +2,8 @@
 
 `StepModel` runs the trained Keras model one note at a time with explicit LSTM states (sharing its
 weights), `NoteSampler` turns a batch of primers into pieces, and `MusicGenerator` is the pyfunc
-that the train stage logs and registers (`log_generator`), so a registered model writes music.
+that the train stage logs and registers (`registry.log_generator`), so a registered model writes
+music.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import mlflow.pyfunc
 import numpy as np
 import pandas as pd
 from mlflow.pyfunc import PythonModel
@@ -26,7 +26,6 @@ from pipelines.schema import HEADS
 
 if TYPE_CHECKING:
     import keras
-    from mlflow.models.model import ModelInfo
 
 log = logging.getLogger(__name__)
 
@@ -602,89 +601,6 @@ class MusicGenerator(PythonModel):
         if not frames:
             return pd.DataFrame({c: [] for c in NOTE_COLUMNS})
         return pd.concat(frames, ignore_index=True)
-
-
-def signature() -> Any:
-    from mlflow.models import ModelSignature
-    from mlflow.types.schema import ColSpec, Schema
-
-    inputs = Schema(
-        [
-            ColSpec("long", "notes"),
-            ColSpec("double", "temperature"),
-            ColSpec("long", "seed"),
-            ColSpec("string", "primer_pitches", required=False),
-        ]
-    )
-    outputs = Schema(
-        [
-            ColSpec("long", "piece"),
-            ColSpec("long", "pitch"),
-            ColSpec("double", "step"),
-            ColSpec("double", "duration"),
-            ColSpec("long", "velocity"),
-            ColSpec("double", "start"),
-            ColSpec("double", "end"),
-        ]
-    )
-    return ModelSignature(inputs=inputs, outputs=outputs)
-
-
-def input_example() -> pd.DataFrame:
-    return pd.DataFrame(
-        {"notes": [16], "temperature": [1.0], "seed": [0], "primer_pitches": ["60 62 64 65 67"]}
-    )
-
-
-def requirements() -> list[str]:
-    """Pinned from this environment: inferring them would load TensorFlow in a subprocess."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    pins = []
-    for name in ("mlflow", "tensorflow", "keras", "numpy", "pandas", "pretty_midi"):
-        try:
-            pins.append(f"{name}=={version(name)}")
-        except PackageNotFoundError:
-            pins.append(name)
-    return pins
-
-
-def log_generator(model_dir: Path, *, registered_model_name: str | None) -> ModelInfo:
-    """Log model_dir's model.keras + manifest.json as a `MusicGenerator` into the active run."""
-    model_dir = Path(model_dir)
-    for name in (MODEL_FILE, MANIFEST_FILE):
-        if not (model_dir / name).exists():
-            raise LakhflowError(f"no {name} in {model_dir}")
-    info: ModelInfo = mlflow.pyfunc.log_model(
-        name="model",
-        python_model=MusicGenerator(),
-        artifacts={
-            "model": str(model_dir / MODEL_FILE),
-            "manifest": str(model_dir / MANIFEST_FILE),
-        },
-        # No code_paths: `pipelines` is installed wherever the model is served, and MLflow
-        # would re-import the package from the copy, splitting its classes in two.
-        signature=signature(),
-        input_example=input_example(),
-        pip_requirements=requirements(),
-        registered_model_name=registered_model_name,
-    )
-    return info
-
-
-def load_generator(uri: str) -> MusicGenerator:
-    """A `MusicGenerator` from an MLflow model URI; one-line error when it is not there."""
-    from mlflow.exceptions import MlflowException
-
-    try:
-        loaded = mlflow.pyfunc.load_model(uri)
-    except (MlflowException, OSError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise LakhflowError(f"cannot load model {uri!r}: {first}") from None
-    model = loaded.unwrap_python_model()
-    if not isinstance(model, MusicGenerator):
-        raise LakhflowError(f"{uri!r} is not a lakhflow generator (logged before generate?)")
-    return model
 
 
 def window_primers(rows: Sequence[Mapping[str, np.ndarray]], length: int) -> Notes:

@@ -21,8 +21,8 @@ from conftest import another_hash_seed, folder_digests, notes_project, run_cli
 from pipelines import cli, config, dataset, generate, sequences
 from pipelines.config import Train
 from pipelines.errors import LakhflowError
-from pipelines.generator import log_generator
 from pipelines.model import build_model
+from pipelines.registry import log_generator
 
 PRIMER = 8
 NOTES = 24

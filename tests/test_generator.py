@@ -28,11 +28,11 @@ from pipelines.generator import (
     Sampling,
     StepModel,
     draw_classes,
-    log_generator,
     penalise,
     pitches_primer,
 )
 from pipelines.model import build_model
+from pipelines.registry import log_generator
 
 # A shards manifest as CONTRACTS.md describes it (only what the model and generator read).
 MANIFEST: dict[str, Any] = {
