@@ -22,6 +22,7 @@ from pipelines import music_metrics as mm
 from pipelines import registry, storage, tracking
 from pipelines.config import Config
 from pipelines.errors import LakhflowError
+from pipelines.midi import read_midi_notes
 from pipelines.registry import TAG_PREFIX
 
 log = logging.getLogger(__name__)
@@ -240,26 +241,6 @@ def score_baselines(
 
 
 # --------------------------------------------------------------------------- the music
-
-
-def read_midi_notes(path: Path, time_unit: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """A MIDI file's pitched notes ordered by start then pitch, timed in beats or seconds."""
-    import pretty_midi
-
-    try:
-        midi = pretty_midi.PrettyMIDI(str(path))
-    except Exception as exc:  # a generated file that does not read is the user's to fix
-        raise LakhflowError(f"{path} is not a readable MIDI file ({exc})") from None
-    notes = [n for inst in midi.instruments if not inst.is_drum for n in inst.notes]
-    pitch = np.array([n.pitch for n in notes], dtype=np.int64)
-    start = np.array([n.start for n in notes], dtype=np.float64)
-    end = np.array([n.end for n in notes], dtype=np.float64)
-    if time_unit == "beats" and len(notes):
-        ticks_per_beat = float(midi.resolution)
-        start = np.array([midi.time_to_tick(t) for t in start], np.float64) / ticks_per_beat
-        end = np.array([midi.time_to_tick(t) for t in end], np.float64) / ticks_per_beat
-    order = np.lexsort((pitch, start))
-    return pitch[order], start[order], end[order]
 
 
 def primer_lengths(generated: Mapping[str, Any]) -> dict[str, int]:

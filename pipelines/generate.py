@@ -11,7 +11,7 @@ import logging
 import os
 import time
 import wave
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -20,25 +20,12 @@ import numpy as np
 from pipelines import registry, storage, tracking
 from pipelines.config import Config, Generate
 from pipelines.errors import LakhflowError, ParamsError
-from pipelines.generator import (
-    FEATURES,
-    MANIFEST_FILE,
-    MODEL_FILE,
-    Notes,
-    NoteSampler,
-    Sampling,
-    load_keras,
-    pitches_primer,
-    seconds_per_unit,
-    tempo_of,
-    to_midi,
-)
+from pipelines.generator import MANIFEST_FILE, MODEL_FILE, NoteSampler, Sampling, load_keras
+from pipelines.midi import seconds_per_unit, tempo_of, to_midi
+from pipelines.primers import make_primers
 
 log = logging.getLogger(__name__)
 
-# Test windows the default primers are chosen from (the first ones in shard order): enough
-# variety for a batch, without reading a whole Lakh-sized test split.
-PRIMER_CANDIDATES = 4096
 SAMPLE_RATE = 22050
 # As pretty_midi's FluidSynth rendering does: the last notes ring out for a second.
 RELEASE_S = 1.0
@@ -57,13 +44,6 @@ class Source:
     version: str | None = None
     run_id: str | None = None
     sampler: NoteSampler | None = None
-
-
-@dataclass
-class Primers:
-    notes: Notes  # [count, P]
-    described: list[dict[str, Any]] = field(default_factory=list)
-    tempo_bpm: float | None = None  # a primer MIDI file's own tempo
 
 
 # --------------------------------------------------------------------------- the model
@@ -101,99 +81,6 @@ def load_source(cfg: Config) -> Source:
         run_id=run_id,
         sampler=generator.sampler,
     )
-
-
-# --------------------------------------------------------------------------- primers
-
-
-def midi_primer(path: Path, length: int, manifest: dict[str, Any]) -> tuple[Notes, float | None]:
-    """The first `length` notes of a MIDI file's first (non-drum) track, and its tempo."""
-    import pretty_midi
-
-    if path.is_dir():
-        raise LakhflowError(f"generate.primer_midi: {path} is a folder, not a MIDI file")
-    if not path.is_file():
-        raise LakhflowError(f"generate.primer_midi: {path} does not exist")
-    try:
-        midi = pretty_midi.PrettyMIDI(str(path))
-    except Exception as exc:  # mido/pretty_midi raise many types for a file that is not MIDI
-        raise LakhflowError(
-            f"generate.primer_midi: {path.name} is not a MIDI file ({type(exc).__name__})"
-        ) from None
-    tracks = [i for i in midi.instruments if i.notes and not i.is_drum] or [
-        i for i in midi.instruments if i.notes
-    ]
-    if not tracks:
-        raise LakhflowError(f"generate.primer_midi: {path.name} has no notes")
-    notes = sorted(tracks[0].notes, key=lambda n: (n.start, n.pitch))[:length]
-    start = np.asarray([n.start for n in notes])
-    end = np.asarray([n.end for n in notes])
-    if manifest.get("time_unit", "beats") == "beats":
-        start = np.asarray([midi.time_to_tick(t) for t in start]) / midi.resolution
-        end = np.asarray([midi.time_to_tick(t) for t in end]) / midi.resolution
-    step = np.diff(start, prepend=start[0])
-    _, tempi = midi.get_tempo_changes()
-    tempo = float(tempi[0]) if len(tempi) else None
-    primer = Notes(
-        np.asarray([n.pitch for n in notes], np.int64),
-        step.astype(np.float64),
-        (end - start).astype(np.float64),
-        np.asarray([n.velocity for n in notes], np.int64),
-    )
-    return primer, tempo
-
-
-def split_primers(
-    cfg: Config, manifest: dict[str, Any], count: int, rng: np.random.Generator
-) -> Primers:
-    """`count` windows of `generate.primer_notes` notes from the test split, chosen by the seed."""
-    from pipelines import dataset
-
-    length = cfg.generate.primer_notes
-    shard_manifest = dataset.read_manifest(cfg.paths.shards)
-    # Windows exactly as long as the primer, not overlapping, so candidates differ.
-    framed = {**shard_manifest, "seq_length": length - 1}
-    stream = dataset.windows(cfg.paths.shards, "test", framed, batch_size=256, stride=length)
-    found: dict[str, list[np.ndarray]] = {k: [] for k in FEATURES}
-    total = 0
-    for batch in stream:
-        for k in FEATURES:
-            found[k].append(np.asarray(batch[k]))
-        total += int(batch["pitch"].shape[0])
-        if total >= PRIMER_CANDIDATES:
-            break
-    if total == 0:
-        raise LakhflowError(
-            f"the test split has no run of {length} notes for a primer; lower "
-            "generate.primer_notes or set generate.primer_pitches / generate.primer_midi"
-        )
-    candidates = Notes(*(np.concatenate(found[k])[:PRIMER_CANDIDATES] for k in FEATURES))
-    found_windows = candidates.pitch.shape[0]
-    picked = rng.choice(found_windows, size=count, replace=count > found_windows)
-    primer = candidates.take(picked)
-    described = [
-        {"source": "test split", "window": int(i), "notes": length} for i in picked.tolist()
-    ]
-    return Primers(primer, described)
-
-
-def make_primers(
-    cfg: Config, manifest: dict[str, Any], count: int, rng: np.random.Generator
-) -> Primers:
-    g = cfg.generate
-    if g.primer_midi:
-        path = Path(g.primer_midi)
-        path = path if path.is_absolute() else cfg.paths.root / path
-        one, tempo = midi_primer(path, g.primer_notes, manifest)
-        batch = Notes(*(np.repeat(a[None], count, axis=0) for a in one.__dict__.values()))
-        described = {"source": "midi", "path": str(g.primer_midi), "notes": len(one)}
-        return Primers(batch, [dict(described) for _ in range(count)], tempo)
-    if g.primer_pitches:
-        one = pitches_primer(g.primer_pitches, manifest)
-        batch = Notes(*(np.repeat(a[None], count, axis=0) for a in one.__dict__.values()))
-        described = {"source": "pitches", "pitches": g.primer_pitches, "notes": len(one)}
-        return Primers(batch, [dict(described) for _ in range(count)])
-    return split_primers(cfg, manifest, count, rng)
 
 
 # --------------------------------------------------------------------------- audio

@@ -18,7 +18,7 @@ import pretty_midi
 import pytest
 from conftest import another_hash_seed, folder_digests, notes_project, run_cli
 
-from pipelines import cli, config, dataset, generate, sequences
+from pipelines import cli, config, dataset, generate, primers, sequences
 from pipelines.config import Train
 from pipelines.errors import LakhflowError
 from pipelines.model import build_model
@@ -310,6 +310,6 @@ def test_a_folder_generate_wrote_is_marked_and_replaced_next_time(
 
 def test_a_folder_as_primer_midi_is_called_a_folder(tmp_path: Path) -> None:
     with pytest.raises(LakhflowError, match=r"^generate\.primer_midi: .* is a folder, not a MIDI"):
-        generate.midi_primer(tmp_path, 8, {})
+        primers.midi_primer(tmp_path, 8, {})
     with pytest.raises(LakhflowError, match=r"^generate\.primer_midi: .* does not exist$"):
-        generate.midi_primer(tmp_path / "nowhere.mid", 8, {})
+        primers.midi_primer(tmp_path / "nowhere.mid", 8, {})

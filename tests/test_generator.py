@@ -29,9 +29,9 @@ from pipelines.generator import (
     StepModel,
     draw_classes,
     penalise,
-    pitches_primer,
 )
 from pipelines.model import build_model
+from pipelines.primers import pitches_primer
 from pipelines.registry import log_generator
 
 # A shards manifest as CONTRACTS.md describes it (only what the model and generator read).
