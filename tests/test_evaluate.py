@@ -115,13 +115,16 @@ def test_copies_are_found_across_note_table_parts_in_train_files_only(tmp_path: 
     planted = np.array([1, 2, 3, *melody[20:45], 4, 5])  # 25 notes across the parts' seam
     from_drums = np.array(drums[:20])  # drums are no pitched training notes
     from_test = np.array(held_out[:20])  # file "b" is not a training file
-    copies = evaluate.find_copies(cfg, [planted, from_drums, from_test])
+    anchor = evaluate.copy_anchor(evaluate.training_notes(cfg), cfg.evaluate.copy_threshold)
+    copies = evaluate.find_copies(
+        [planted, from_drums, from_test], evaluate.train_tracks(cfg), anchor=anchor
+    )
     assert copies.exact[0].length == 25
     assert copies.sources[copies.exact[0].source] == ("a", 1)
     assert copies.exact[1].length < 5 and copies.exact[2].length < 5
     assert copies.training_notes == 60
     # Transposed up a fourth: the same 25 notes, up to transposition.
-    shifted = evaluate.find_copies(cfg, [planted + 5])
+    shifted = evaluate.find_copies([planted + 5], evaluate.train_tracks(cfg), anchor=anchor)
     assert evaluate.notes_of_intervals(shifted.transposed[0].length) >= 25
 
 
