@@ -21,7 +21,6 @@ from pipelines import registry, storage, tracking
 from pipelines.config import Config
 from pipelines.errors import LakhflowError
 from pipelines.midi import read_midi_notes
-from pipelines.registry import TAG_PREFIX
 from pipelines.report import plot_distributions, report_html
 
 log = logging.getLogger(__name__)
@@ -471,7 +470,7 @@ def log_to_mlflow(
     name = inputs.run_info.get("model_name") or cfg.train.model_name
     version = inputs.run_info.get("model_version")
     numbers = {
-        f"{TAG_PREFIX}{k}": float(v)
+        f"{registry.TAG_PREFIX}{k}": float(v)
         for k, v in result.items()
         if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
     }
