@@ -16,7 +16,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
-from pipelines import config
+from pipelines import config, registry
 from pipelines.stages import run_stage
 
 
@@ -63,7 +63,7 @@ def batch_generate(
         seed = int(time.time()) % 2**31
     output = out_dir.relative_to(cfg.paths.root).as_posix()
     overrides = [
-        f"generate.model_uri=models:/{cfg.train.model_name}@champion",
+        f"generate.model_uri=models:/{cfg.train.model_name}@{registry.CHAMPION}",
         f"generate.output={output}",
         f"generate.seed={seed}",
     ]
@@ -79,7 +79,7 @@ def batch_generate(
     lines = [
         f"# Batch {out_dir.name}",
         "",
-        f"Model `models:/{cfg.train.model_name}@champion`; {', '.join(settings)}.",
+        f"Model `models:/{cfg.train.model_name}@{registry.CHAMPION}`; {', '.join(settings)}.",
         "",
         "| file | bytes |",
         "|---|---:|",

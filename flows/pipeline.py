@@ -24,7 +24,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
-from pipelines import config
+from pipelines import config, registry, tracking
 from pipelines.errors import LakhflowError, ParamsError
 from pipelines.stages import STAGES
 
@@ -277,12 +277,7 @@ def _show(value: Any) -> str:
 def _champion_version(cfg: config.Config, model_name: str) -> str | None:
     """The registry's `champion` version of the model, or None when there is none yet."""
     from mlflow import MlflowClient
-    from mlflow.exceptions import MlflowException
 
-    from pipelines import tracking
-
-    try:
-        tracking.setup(cfg.paths)
-        return str(MlflowClient().get_model_version_by_alias(model_name, "champion").version)
-    except MlflowException:
-        return None
+    tracking.setup(cfg.paths)
+    found = registry.version_by_alias(MlflowClient(), model_name, registry.CHAMPION)
+    return str(found.version) if found is not None else None

@@ -16,17 +16,6 @@ import numpy as np
 K_GRID = (0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0)
 
 
-def bin_values(values: np.ndarray, edges: Sequence[float]) -> np.ndarray:
-    """Class indices of raw values, as the contract bins them: searchsorted(edges, side=right).
-
-    Both sides in float32, as the shards store the values and the model compares them.
-    """
-    edges32 = np.asarray(edges, dtype=np.float32)
-    return np.searchsorted(edges32, np.asarray(values, dtype=np.float32), side="right").astype(
-        np.int64
-    )
-
-
 @dataclass
 class TokenCounts:
     """Unigram and bigram counts of one head's tokens over a set of tracks."""

@@ -5,12 +5,10 @@ report.html), logs them to the model's MLflow run and tags the headline on its r
 
 from __future__ import annotations
 
-import base64
-import html
 import itertools
 import logging
 import math
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,28 +17,16 @@ import numpy as np
 
 from pipelines import baselines as bl
 from pipelines import music_metrics as mm
-from pipelines import storage, tracking
+from pipelines import registry, storage, tracking
 from pipelines.config import Config
 from pipelines.errors import LakhflowError
+from pipelines.midi import read_midi_notes
+from pipelines.report import plot_distributions, report_html
+from pipelines.schema import BINNED_HEADS, HEADS, classes_of, n_classes
 
 log = logging.getLogger(__name__)
 
-BINNED = ("step", "duration", "velocity")
-HEADS = ("pitch", *BINNED)
-PITCHES = 128
 BATCH = 256
-# Version tags promote reads: the headline figures, under this prefix.
-TAG_PREFIX = "eval."
-TAGGED = (
-    "pitch_nll",
-    "pitch_accuracy",
-    "bigram_pitch_nll",
-    "pitch_nll_ratio_to_bigram",
-    "mean_overlap_area",
-    "mean_kl_divergence",
-    "max_copied_run",
-    "pieces_copying",
-)
 # Above this many training notes the copy detector filters the corpus by k-grams first.
 EXACT_COPY_NOTES = 5_000_000
 
@@ -90,17 +76,13 @@ def read_inputs(cfg: Config) -> Inputs:
     )
 
 
-def n_classes(manifest: Mapping[str, Any], head: str) -> int:
-    return PITCHES if head == "pitch" else len(manifest["bins"][head]["edges"]) + 1
-
-
 def tokens_of(
     notes: Mapping[str, np.ndarray], manifest: Mapping[str, Any]
 ) -> dict[str, np.ndarray]:
     """Each head's class indices: the pitch itself, the other heads binned by the manifest."""
     out = {"pitch": np.asarray(notes["pitch"], dtype=np.int64)}
-    for head in BINNED:
-        out[head] = bl.bin_values(notes[head], manifest["bins"][head]["edges"])
+    for head in BINNED_HEADS:
+        out[head] = classes_of(notes[head], manifest["bins"][head]["edges"])
     return out
 
 
@@ -251,26 +233,6 @@ def score_baselines(
 
 
 # --------------------------------------------------------------------------- the music
-
-
-def read_midi_notes(path: Path, time_unit: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """A MIDI file's pitched notes ordered by start then pitch, timed in beats or seconds."""
-    import pretty_midi
-
-    try:
-        midi = pretty_midi.PrettyMIDI(str(path))
-    except Exception as exc:  # a generated file that does not read is the user's to fix
-        raise LakhflowError(f"{path} is not a readable MIDI file ({exc})") from None
-    notes = [n for inst in midi.instruments if not inst.is_drum for n in inst.notes]
-    pitch = np.array([n.pitch for n in notes], dtype=np.int64)
-    start = np.array([n.start for n in notes], dtype=np.float64)
-    end = np.array([n.end for n in notes], dtype=np.float64)
-    if time_unit == "beats" and len(notes):
-        ticks_per_beat = float(midi.resolution)
-        start = np.array([midi.time_to_tick(t) for t in start], np.float64) / ticks_per_beat
-        end = np.array([midi.time_to_tick(t) for t in end], np.float64) / ticks_per_beat
-    order = np.lexsort((pitch, start))
-    return pitch[order], start[order], end[order]
 
 
 def primer_lengths(generated: Mapping[str, Any]) -> dict[str, int]:
@@ -444,17 +406,26 @@ def training_notes(cfg: Config) -> int:
     return sum(pq.ParquetFile(p).metadata.num_rows for p in cfg.paths.notes.glob("notes-*.parquet"))
 
 
-def find_copies(cfg: Config, queries: Sequence[np.ndarray]) -> Copies:
-    """Stream the training files' tracks once through two suffix automata of the queries."""
-    total = training_notes(cfg)
+def copy_anchor(total_notes: int, copy_threshold: int) -> int | None:
+    """The k of the k-grams the copy detector filters the training notes by; None: no filter."""
     # Past a few million notes, only stretches whose k-grams occur in the queries are scanned:
     # still exact for every run of k notes or more, so for the copy threshold.
-    anchor = None if total <= EXACT_COPY_NOTES else max(2, min(8, cfg.evaluate.copy_threshold))
+    return None if total_notes <= EXACT_COPY_NOTES else max(2, min(8, copy_threshold))
+
+
+def find_copies(
+    queries: Sequence[np.ndarray],
+    tracks: Iterable[tuple[str, int, np.ndarray]],
+    *,
+    anchor: int | None,
+) -> Copies:
+    """Stream the training tracks (file_id, track, pitches) once through two suffix automata of
+    the queries: exact pitches, and intervals (up to transposition)."""
     exact = mm.CopyDetector(queries, anchor=anchor, bits=7)
     transposed = mm.CopyDetector([mm.intervals(q) for q in queries], anchor=anchor, bits=8)
     sources: list[tuple[str, int]] = []
     fed = 0
-    for file_id, track, pitch in train_tracks(cfg):
+    for file_id, track, pitch in tracks:
         index = len(sources)
         sources.append((file_id, track))
         exact.feed(pitch, index)
@@ -478,187 +449,6 @@ def file_paths(cfg: Config) -> dict[str, str]:
     return dict(zip(table["file_id"].to_pylist(), table["path"].to_pylist(), strict=True))
 
 
-# --------------------------------------------------------------------------- pictures and report
-
-
-def plot_distributions(
-    comparisons: Mapping[str, mm.FeatureComparison],
-    generated: Sequence[mm.Piece],
-    real: Sequence[mm.Piece],
-    ngrams: Mapping[int, Mapping[str, float]],
-    out: Path,
-) -> list[Path]:
-    """PNGs of generated vs real: Yang & Lerch densities, MusPy metrics, pitches, n-grams."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    out.mkdir(parents=True, exist_ok=True)
-    written = []
-
-    names = list(comparisons)
-    cols = 3
-    rows = math.ceil(len(names) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.0 * rows), squeeze=False)
-    for ax, name in zip(axes.ravel(), names, strict=False):
-        c = comparisons[name].comparison
-        ax.plot(c.grid, c.p, label="intra-set, real", color="tab:blue")
-        ax.plot(c.grid, c.q, label="inter-set", color="tab:red")
-        intra_gen = comparisons[name].intra_generated
-        if len(intra_gen) and np.ptp(np.concatenate([intra_gen, c.grid[[0, -1]]])) > 0:
-            ax.plot(c.grid, mm.kde(intra_gen, c.grid), "--", label="intra-set, generated",
-                    color="tab:orange")  # fmt: skip
-        ax.set_title(f"{name}\noverlap {c.overlap_area:.2f}, KL {c.kl_divergence:.2f}", fontsize=9)
-        ax.set_xlabel("distance", fontsize=8)
-        ax.tick_params(labelsize=7)
-    for ax in axes.ravel()[len(names) :]:
-        ax.axis("off")
-    axes.ravel()[0].legend(fontsize=7)
-    fig.suptitle("Yang & Lerch: distance densities per feature (generated vs real)")
-    written.append(_save(fig, out / "yang_lerch.png"))
-
-    metric_names = list(mm.MUSPY_METRICS)
-    fig, axes = plt.subplots(2, math.ceil(len(metric_names) / 2), figsize=(16, 6), squeeze=False)
-    for ax, name in zip(axes.ravel(), metric_names, strict=False):
-        metric = mm.MUSPY_METRICS[name]
-        values = [
-            [v for v in (metric(p) for p in pieces) if math.isfinite(v)]
-            for pieces in (generated, real)
-        ]
-        if all(values):
-            ax.boxplot(values, tick_labels=["generated", "real"])
-        ax.set_title(name, fontsize=9)
-        ax.tick_params(labelsize=7)
-    for ax in axes.ravel()[len(metric_names) :]:
-        ax.axis("off")
-    fig.suptitle("MusPy metrics per piece: generated vs real test excerpts")
-    written.append(_save(fig, out / "muspy_metrics.png"))
-
-    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 3.5))
-    every = np.concatenate([p.pitch for p in (*generated, *real)])
-    pitch_bins = np.arange(every.min() - 0.5, every.max() + 1.5)
-    for pieces, label in ((generated, "generated"), (real, "real")):
-        pitch = np.concatenate([p.pitch for p in pieces])
-        left.hist(pitch, bins=pitch_bins, density=True, histtype="step", label=label)
-        lengths = np.concatenate([p.duration for p in pieces])
-        right.hist(np.log2(np.maximum(lengths, 1 / 64)), bins=40, density=True,
-                   histtype="step", label=label)  # fmt: skip
-    left.set_xlabel("pitch (MIDI)")
-    right.set_xlabel("note length, log2 beats")
-    left.legend()
-    written.append(_save(fig, out / "pitch_and_length.png"))
-
-    fig, ax = plt.subplots(figsize=(5, 3.2))
-    ns = sorted(ngrams)
-    width = 0.38
-    x = np.arange(len(ns))
-    ax.bar(x - width / 2, [ngrams[n]["generated"] for n in ns], width, label="generated")
-    ax.bar(x + width / 2, [ngrams[n]["real"] for n in ns], width, label="real")
-    ax.set_xticks(x, [f"{n}-grams" for n in ns])
-    ax.set_ylabel("distinct / all (per piece)")
-    ax.set_ylim(0, 1.05)
-    ax.legend(fontsize=8)
-    written.append(_save(fig, out / "distinct_ngrams.png"))
-    return written
-
-
-def _save(fig: Any, path: Path) -> Path:
-    import matplotlib.pyplot as plt
-
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
-
-
-def _cell(value: Any) -> str:
-    if isinstance(value, float):
-        return "nan" if not math.isfinite(value) else f"{value:.4g}"
-    return html.escape(str(value))
-
-
-def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{_cell(v)}</td>" for v in row) + "</tr>" for row in rows)
-    return f"<table><tr>{head}</tr>{body}</table>"
-
-
-def report_html(result: Mapping[str, Any], pictures: Sequence[Path]) -> str:
-    """One page: the headline, the tables, and the pictures embedded (it travels as one file)."""
-    headline = [(k, v) for k, v in result.items() if not isinstance(v, dict | list)]
-    model = result["model"]
-    head_rows = []
-    for head, scores in model["heads"].items():
-        base = result["baselines"].get(head, {})
-        head_rows.append(
-            [
-                head,
-                scores.get("nll", math.nan),
-                scores.get("accuracy", math.nan),
-                scores.get("mse", math.nan),
-                base.get("unigram", {}).get("nll", math.nan),
-                base.get("bigram", {}).get("nll", math.nan),
-                base.get("bigram", {}).get("accuracy", math.nan),
-            ]
-        )
-    head_header = ["head", "NLL", "accuracy", "MSE", "unigram NLL", "bigram NLL", "bigram accuracy"]
-    music = result["music"]
-    muspy_rows = [
-        [name, music["muspy"]["generated"][name], music["muspy"]["real"][name]]
-        for name in music["muspy"]["generated"]
-    ]
-    yl_rows = [
-        [name, s["overlap_area"], s["kl_divergence"], s["intra_real_mean"],
-         s["intra_generated_mean"], s["inter_mean"]]
-        for name, s in music["yang_lerch"].items()
-    ]  # fmt: skip
-    ngram_rows = [[f"{n}-grams", *v.values()] for n, v in music["distinct_ngrams"].items()]
-    ngram_header = ["", *next(iter(music["distinct_ngrams"].values())).keys()]
-    copy_rows = [
-        [c["piece"], c["notes"], c["longest_copied_run"], c["longest_copied_run_transposed"],
-         c.get("source_path") or c.get("source_file_id") or ""]
-        for c in music["copying"]["generated"]
-    ]  # fmt: skip
-    images = "".join(
-        f'<figure><img src="data:image/png;base64,{base64.b64encode(p.read_bytes()).decode()}" '
-        f'alt="{html.escape(p.stem)}"><figcaption>{html.escape(p.name)}</figcaption></figure>'
-        for p in pictures
-    )
-    style = (
-        "body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}"
-        "table{border-collapse:collapse;margin:0.5em 0 1.5em}"
-        "td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}"
-        "th{background:#f3f3f3}td:first-child{text-align:left}img{max-width:100%}"
-    )
-    return f"""<!doctype html>
-<html><head><meta charset="utf-8"><title>lakhflow evaluation</title><style>{style}</style></head>
-<body>
-<h1>lakhflow evaluation: {html.escape(str(result.get("model_name")))} version \
-{html.escape(str(result.get("model_version")))}</h1>
-<h2>Headline</h2>{_table(["figure", "value"], headline)}
-<h2>Model vs baselines on the test split</h2>
-<p>{model["windows"]} test windows; {html.escape(model["heads_kind"])} heads.
-NLL in nats per note.</p>
-{_table(head_header, head_rows)}
-<h2>MusPy metrics (means)</h2>
-<p>{music["generated_pieces"]} generated continuations vs {music["real_excerpts"]} real test
-excerpts of the same lengths ({music["excerpt_notes"]} notes).</p>
-{_table(["metric", "generated", "real"], muspy_rows)}
-<h2>Yang &amp; Lerch</h2>
-<p>Overlap area and KL divergence of the real set's intra-set distance density against the
-inter-set (generated to real) density, per feature.</p>
-{_table(["feature", "overlap", "KL", "intra real", "intra generated", "inter"], yl_rows)}
-<h2>Repetition</h2>{_table(ngram_header, ngram_rows)}
-<h2>Copying from the training files</h2>
-<p>Longest run of notes after the primer found in a training file (exact pitches, and up to
-transposition); the real test excerpts' longest is {music["copying"]["max_real"]}.</p>
-{_table(["piece", "notes", "copied run", "up to transposition", "source"], copy_rows)}
-<h2>Pictures</h2>{images}
-</body></html>
-"""
-
-
 # --------------------------------------------------------------------------- MLflow
 
 
@@ -674,7 +464,7 @@ def log_to_mlflow(
     name = inputs.run_info.get("model_name") or cfg.train.model_name
     version = inputs.run_info.get("model_version")
     numbers = {
-        f"{TAG_PREFIX}{k}": float(v)
+        f"{registry.TAG_PREFIX}{k}": float(v)
         for k, v in result.items()
         if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
     }
@@ -684,11 +474,7 @@ def log_to_mlflow(
             for path in files:
                 mlflow.log_artifact(str(path), artifact_path="evaluation")
         if version is not None:
-            client = MlflowClient()
-            tags = {f"{TAG_PREFIX}{k}": str(result[k]) for k in TAGGED if k in result}
-            tags |= {"splits_sha256": result["splits_sha256"], "source": result["source"]}
-            for key, value in tags.items():
-                client.set_model_version_tag(name, str(version), key, value)
+            registry.set_tags(MlflowClient(), name, str(version), registry.evaluation_tags(result))
     except tracking.errors() as exc:
         raise LakhflowError(
             f"cannot log to the model's MLflow run {run_id} ({tracking.reason(exc)}); "
@@ -704,41 +490,64 @@ def _finite(x: float) -> float | None:
     return float(x) if math.isfinite(x) else None
 
 
-def evaluate_music(
-    cfg: Config, inputs: Inputs
+def compare_music(
+    generated: Mapping[str, mm.Piece],
+    tracks: Sequence[Track],
+    *,
+    seed: int,
+    spb: float,
+    kde_points: int,
+    ngrams: Sequence[int],
 ) -> tuple[dict[str, Any], dict[str, mm.FeatureComparison], list[mm.Piece], list[mm.Piece]]:
-    """Generated continuations vs real test excerpts of the same lengths, and copying."""
-    generated = generated_continuations(cfg, inputs)
+    """Generated continuations vs real excerpts of the same lengths from `tracks` (seeded):
+    MusPy means, Yang & Lerch per feature, distinct n-grams. Returns the figures, the feature
+    comparisons, and the generated and real pieces compared."""
     names = list(generated)
-    spb = seconds_per_beat(inputs.manifest)
-    tracks = split_tracks(cfg, "test")
-    real, got = real_excerpts(tracks, [len(generated[n]) for n in names], cfg.evaluate.seed, spb)
+    real, got = real_excerpts(tracks, [len(generated[n]) for n in names], seed, spb)
     # Where no test track is as long as a continuation, compare equal lengths all the same.
     gen = [cut(generated[n], k) for n, k in zip(names, got, strict=True)]
 
     muspy = {"generated": mm.mean_metrics(gen), "real": mm.mean_metrics(real)}
-    comparisons = mm.yang_lerch(
-        mm.feature_table(gen), mm.feature_table(real), points=cfg.evaluate.kde_points
-    )
-    ngrams = {}
-    for n in cfg.evaluate.ngrams:
+    comparisons = mm.yang_lerch(mm.feature_table(gen), mm.feature_table(real), points=kde_points)
+    distinct = {}
+    for n in ngrams:
         g_piece, g_pool = mm.distinct_ngram_ratio([p.pitch for p in gen], n)
         r_piece, r_pool = mm.distinct_ngram_ratio([p.pitch for p in real], n)
-        ngrams[n] = {
+        distinct[n] = {
             "generated": g_piece,
             "real": r_piece,
             "generated_pooled": g_pool,
             "real_pooled": r_pool,
         }
+    summaries = {name: c.summary for name, c in comparisons.items()}
+    music = {
+        "generated_pieces": len(gen),
+        "real_excerpts": len(real),
+        "excerpt_notes": sorted(set(got)),
+        "muspy": muspy,
+        "yang_lerch": summaries,
+        "mean_overlap_area": float(np.mean([s["overlap_area"] for s in summaries.values()])),
+        "mean_kl_divergence": float(np.mean([s["kl_divergence"] for s in summaries.values()])),
+        "distinct_ngrams": {str(n): v for n, v in distinct.items()},
+    }
+    return music, comparisons, gen, real
 
-    copies = find_copies(cfg, [p.pitch for p in gen] + [p.pitch for p in real])
-    paths = file_paths(cfg)
+
+def copying_summary(
+    names: Sequence[str],
+    generated: Sequence[mm.Piece],
+    copies: Copies,
+    paths: Mapping[str, str],
+    threshold: int,
+) -> dict[str, Any]:
+    """Each generated piece's longest copied run and where it comes from, and the real
+    excerpts' runs for scale; `copies` holds the generated pieces first, then the real ones."""
     per_piece = []
     for i, name in enumerate(names):
         run, shifted = copies.exact[i], copies.transposed[i]
         entry: dict[str, Any] = {
             "piece": name,
-            "notes": len(gen[i]),
+            "notes": len(generated[i]),
             "longest_copied_run": run.length,
             # n equal consecutive intervals are n + 1 notes copied up to transposition
             "longest_copied_run_transposed": notes_of_intervals(shifted.length),
@@ -751,8 +560,7 @@ def evaluate_music(
         per_piece.append(entry)
     real_runs = [c.length for c in copies.exact[len(names) :]]
     real_shifted = [notes_of_intervals(c.length) for c in copies.transposed[len(names) :]]
-    threshold = cfg.evaluate.copy_threshold
-    copying = {
+    return {
         "generated": per_piece,
         "real": real_runs,
         "real_transposed": real_shifted,
@@ -763,19 +571,6 @@ def evaluate_music(
         "threshold": threshold,
         "training_notes": copies.training_notes,
     }
-    summaries = {name: c.summary for name, c in comparisons.items()}
-    music = {
-        "generated_pieces": len(gen),
-        "real_excerpts": len(real),
-        "excerpt_notes": sorted(set(got)),
-        "muspy": muspy,
-        "yang_lerch": summaries,
-        "mean_overlap_area": float(np.mean([s["overlap_area"] for s in summaries.values()])),
-        "mean_kl_divergence": float(np.mean([s["kl_divergence"] for s in summaries.values()])),
-        "distinct_ngrams": {str(n): v for n, v in ngrams.items()},
-        "copying": copying,
-    }
-    return music, comparisons, gen, real
 
 
 def run(cfg: Config) -> dict[str, Any]:
@@ -787,7 +582,19 @@ def run(cfg: Config) -> dict[str, Any]:
     fitted = fit_baselines(cfg, manifest)
     base = score_baselines(fitted, scores)
     log.info("comparing generated and real music ...")
-    music, comparisons, gen, real = evaluate_music(cfg, inputs)
+    threshold = cfg.evaluate.copy_threshold
+    generated = generated_continuations(cfg, inputs)
+    music, comparisons, gen, real = compare_music(
+        generated,
+        split_tracks(cfg, "test"),
+        seed=cfg.evaluate.seed,
+        spb=seconds_per_beat(manifest),
+        kde_points=cfg.evaluate.kde_points,
+        ngrams=cfg.evaluate.ngrams,
+    )
+    anchor = copy_anchor(training_notes(cfg), threshold)
+    copies = find_copies([p.pitch for p in (*gen, *real)], train_tracks(cfg), anchor=anchor)
+    music["copying"] = copying_summary(list(generated), gen, copies, file_paths(cfg), threshold)
 
     pitch = scores.model["pitch"]
     bigram = base["pitch"]["bigram"]

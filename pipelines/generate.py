@@ -11,33 +11,26 @@ import logging
 import os
 import time
 import wave
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 
-from pipelines import storage, tracking
+from pipelines import registry, storage, tracking
 from pipelines.config import Config, Generate
 from pipelines.errors import LakhflowError, ParamsError
-from pipelines.generator import (
-    FEATURES,
-    MANIFEST_FILE,
-    MODEL_FILE,
-    Notes,
-    NoteSampler,
-    Sampling,
+from pipelines.generator import MANIFEST_FILE, MODEL_FILE, NoteSampler, Sampling, load_keras
+from pipelines.midi import FEATURES, Notes, seconds_per_unit, tempo_of, to_midi
+from pipelines.primers import (
+    PRIMER_CANDIDATES,
+    Primers,
+    midi_primer,
     pitches_primer,
-    seconds_per_unit,
-    tempo_of,
-    to_midi,
 )
 
 log = logging.getLogger(__name__)
 
-# Test windows the default primers are chosen from (the first ones in shard order): enough
-# variety for a batch, without reading a whole Lakh-sized test split.
-PRIMER_CANDIDATES = 4096
 SAMPLE_RATE = 22050
 # As pretty_midi's FluidSynth rendering does: the last notes ring out for a second.
 RELEASE_S = 1.0
@@ -58,42 +51,11 @@ class Source:
     sampler: NoteSampler | None = None
 
 
-@dataclass
-class Primers:
-    notes: Notes  # [count, P]
-    described: list[dict[str, Any]] = field(default_factory=list)
-    tempo_bpm: float | None = None  # a primer MIDI file's own tempo
-
-
 # --------------------------------------------------------------------------- the model
-
-
-def _registry_version(uri: str) -> tuple[str | None, str | None]:
-    """(version, run_id) of a `models:/NAME@ALIAS` or `models:/NAME/VERSION` URI."""
-    from mlflow import MlflowClient
-    from mlflow.exceptions import MlflowException
-
-    client = MlflowClient()
-    body = uri.removeprefix("models:/").strip("/")
-    try:
-        if "@" in body:
-            name, alias = body.split("@", 1)
-            found = client.get_model_version_by_alias(name, alias)
-        elif "/" in body:
-            name, version = body.split("/", 1)
-            found = client.get_model_version(name, version)
-        else:
-            return None, None
-    except MlflowException as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "not found"
-        raise LakhflowError(f"model {uri!r} does not exist in the registry: {first}") from None
-    return str(found.version), found.run_id
 
 
 def load_source(cfg: Config) -> Source:
     """data/model/ (what DVC tracks) when generate.model_uri is null, else the MLflow model."""
-    from pipelines.generator import load_generator, load_keras
-
     uri = cfg.generate.model_uri
     if uri is None:
         model_dir = cfg.paths.model
@@ -112,10 +74,10 @@ def load_source(cfg: Config) -> Source:
             run_id=run.get("run_id"),
         )
     tracking.setup(cfg.paths)
-    version, run_id = _registry_version(uri) if uri.startswith("models:/") else (None, None)
+    version, run_id = registry.version_of_uri(uri) if uri.startswith("models:/") else (None, None)
     if uri.startswith("runs:/"):
         run_id = uri.removeprefix("runs:/").split("/", 1)[0]
-    generator = load_generator(uri)
+    generator = registry.load_generator(uri)
     return Source(
         model=generator.keras_model,
         manifest=generator.manifest,
@@ -127,43 +89,6 @@ def load_source(cfg: Config) -> Source:
 
 
 # --------------------------------------------------------------------------- primers
-
-
-def midi_primer(path: Path, length: int, manifest: dict[str, Any]) -> tuple[Notes, float | None]:
-    """The first `length` notes of a MIDI file's first (non-drum) track, and its tempo."""
-    import pretty_midi
-
-    if path.is_dir():
-        raise LakhflowError(f"generate.primer_midi: {path} is a folder, not a MIDI file")
-    if not path.is_file():
-        raise LakhflowError(f"generate.primer_midi: {path} does not exist")
-    try:
-        midi = pretty_midi.PrettyMIDI(str(path))
-    except Exception as exc:  # mido/pretty_midi raise many types for a file that is not MIDI
-        raise LakhflowError(
-            f"generate.primer_midi: {path.name} is not a MIDI file ({type(exc).__name__})"
-        ) from None
-    tracks = [i for i in midi.instruments if i.notes and not i.is_drum] or [
-        i for i in midi.instruments if i.notes
-    ]
-    if not tracks:
-        raise LakhflowError(f"generate.primer_midi: {path.name} has no notes")
-    notes = sorted(tracks[0].notes, key=lambda n: (n.start, n.pitch))[:length]
-    start = np.asarray([n.start for n in notes])
-    end = np.asarray([n.end for n in notes])
-    if manifest.get("time_unit", "beats") == "beats":
-        start = np.asarray([midi.time_to_tick(t) for t in start]) / midi.resolution
-        end = np.asarray([midi.time_to_tick(t) for t in end]) / midi.resolution
-    step = np.diff(start, prepend=start[0])
-    _, tempi = midi.get_tempo_changes()
-    tempo = float(tempi[0]) if len(tempi) else None
-    primer = Notes(
-        np.asarray([n.pitch for n in notes], np.int64),
-        step.astype(np.float64),
-        (end - start).astype(np.float64),
-        np.asarray([n.velocity for n in notes], np.int64),
-    )
-    return primer, tempo
 
 
 def split_primers(
@@ -208,12 +133,12 @@ def make_primers(
         path = Path(g.primer_midi)
         path = path if path.is_absolute() else cfg.paths.root / path
         one, tempo = midi_primer(path, g.primer_notes, manifest)
-        batch = Notes(*(np.repeat(a[None], count, axis=0) for a in one.__dict__.values()))
+        batch = one.repeated(count)
         described = {"source": "midi", "path": str(g.primer_midi), "notes": len(one)}
         return Primers(batch, [dict(described) for _ in range(count)], tempo)
     if g.primer_pitches:
         one = pitches_primer(g.primer_pitches, manifest)
-        batch = Notes(*(np.repeat(a[None], count, axis=0) for a in one.__dict__.values()))
+        batch = one.repeated(count)
         described = {"source": "pitches", "pitches": g.primer_pitches, "notes": len(one)}
         return Primers(batch, [dict(described) for _ in range(count)])
     return split_primers(cfg, manifest, count, rng)

@@ -2,7 +2,8 @@
 
 `StepModel` runs the trained Keras model one note at a time with explicit LSTM states (sharing its
 weights), `NoteSampler` turns a batch of primers into pieces, and `MusicGenerator` is the pyfunc
-that the train stage logs and registers (`log_generator`), so a registered model writes music.
+that the train stage logs and registers (`registry.log_generator`), so a registered model writes
+music.
 """
 
 from __future__ import annotations
@@ -11,32 +12,30 @@ import itertools
 import json
 import logging
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import mlflow.pyfunc
 import numpy as np
 import pandas as pd
 from mlflow.pyfunc import PythonModel
 
 from pipelines.errors import LakhflowError, ParamsError
+from pipelines.midi import FEATURES, Notes, seconds_per_unit, tempo_of
+from pipelines.primers import class_values, pitches_primer
 from pipelines.schema import HEADS
 
 if TYPE_CHECKING:
     import keras
-    from mlflow.models.model import ModelInfo
 
 log = logging.getLogger(__name__)
 
 MODEL_FILE = "model.keras"
 MANIFEST_FILE = "manifest.json"
-DEFAULT_TEMPO_BPM = 120.0
 # Notes per second of music at most, when the length is given in seconds: a safety cap for a
 # model that keeps predicting chords (step 0) and would otherwise never reach the end.
 MAX_NOTES_PER_SECOND = 64
-FEATURES = ("pitch", "step", "duration", "velocity")
 INPUT_DTYPES = {"pitch": "int32", "step": "float32", "duration": "float32", "velocity": "int32"}
 # Notes drawn per graph call when the length is in seconds (checked between calls).
 ROUND_NOTES = 64
@@ -44,38 +43,7 @@ REQUEST_COLUMNS = ("notes", "temperature", "seed", "primer_pitches")
 NOTE_COLUMNS = ("piece", "pitch", "step", "duration", "velocity", "start", "end")
 
 
-# --------------------------------------------------------------------------- notes and settings
-
-
-@dataclass
-class Notes:
-    """Notes of one piece (or a batch of equally long pieces) in the model's time unit."""
-
-    pitch: np.ndarray
-    step: np.ndarray
-    duration: np.ndarray
-    velocity: np.ndarray
-
-    def __len__(self) -> int:
-        return int(self.pitch.shape[-1])
-
-    def as_inputs(self) -> dict[str, np.ndarray]:
-        return {
-            "pitch": self.pitch.astype(np.int32),
-            "step": self.step.astype(np.float32),
-            "duration": self.duration.astype(np.float32),
-            "velocity": self.velocity.astype(np.int32),
-        }
-
-    def take(self, index: Any) -> Notes:
-        return Notes(
-            self.pitch[index], self.step[index], self.duration[index], self.velocity[index]
-        )
-
-    def starts(self) -> np.ndarray:
-        """Onsets from the first note (the first note's own step is the gap before the piece)."""
-        step = np.asarray(self.step, dtype=np.float64)
-        return np.cumsum(step) - step[..., :1]
+# --------------------------------------------------------------------------- settings
 
 
 @dataclass(frozen=True)
@@ -188,10 +156,6 @@ def _lstm_index(name: str) -> int | None:
     return int(found.group(1)) if found else None
 
 
-def bin_values(manifest: Mapping[str, Any], head: str) -> np.ndarray:
-    return np.asarray(manifest["bins"][head]["values"], dtype=np.float64)
-
-
 class StepModel:
     """The trained model run one note at a time, carrying each LSTM layer's (h, c) state.
 
@@ -234,7 +198,7 @@ class StepModel:
         self.heads = [h for h in HEADS if h in model.output]
         self.categorical = len(model.output["pitch"].shape) == 3
         self.values = {
-            h: tf.constant(bin_values(manifest, h), tf.float32)
+            h: tf.constant(class_values(manifest, h), tf.float32)
             for h in ("step", "duration", "velocity")
             if self.categorical
         }
@@ -397,42 +361,6 @@ class StepModel:
 # --------------------------------------------------------------------------- the sampler
 
 
-def tempo_of(manifest: Mapping[str, Any]) -> float:
-    tempo = manifest.get("tempo_bpm")
-    return float(tempo) if tempo and tempo > 0 else DEFAULT_TEMPO_BPM
-
-
-def seconds_per_unit(manifest: Mapping[str, Any], tempo_bpm: float) -> float:
-    return 60.0 / tempo_bpm if manifest.get("time_unit", "beats") == "beats" else 1.0
-
-
-def typical_note(manifest: Mapping[str, Any]) -> tuple[float, float, int]:
-    """A primer note's step, duration and velocity when only pitches are given.
-
-    The middle class of quantile bins holds the training median, so its value stands for it.
-    """
-    values = [bin_values(manifest, h) for h in ("step", "duration", "velocity")]
-    step, duration, velocity = (float(v[len(v) // 2]) for v in values)
-    return step, duration, int(np.clip(round(velocity), 1, 127))
-
-
-def pitches_primer(text: str, manifest: Mapping[str, Any]) -> Notes:
-    """ "60 62 64" -> primer notes at the training data's typical step, duration and velocity."""
-    try:
-        pitches = [int(p) for p in text.replace(",", " ").split()]
-    except ValueError:
-        raise ParamsError(f"generate.primer_pitches: {text!r} is not a list of numbers") from None
-    if not pitches or not all(0 <= p <= 127 for p in pitches):
-        raise ParamsError(f"generate.primer_pitches: {text!r} needs pitches in 0..127")
-    step, duration, velocity = typical_note(manifest)
-    n = len(pitches)
-    steps = np.full(n, step)
-    steps[0] = 0.0
-    return Notes(
-        np.asarray(pitches, np.int64), steps, np.full(n, duration), np.full(n, velocity, np.int64)
-    )
-
-
 class NoteSampler:
     """Generates a batch of pieces together: prime each piece's LSTM state, then sample notes."""
 
@@ -510,30 +438,6 @@ def _join(primer: Notes, made: Notes) -> Notes:
     )
 
 
-# --------------------------------------------------------------------------- MIDI
-
-
-def to_midi(piece: Notes, manifest: Mapping[str, Any], tempo_bpm: float, program: int) -> Any:
-    """A pretty_midi.PrettyMIDI of one piece; beats are written at `tempo_bpm`."""
-    import pretty_midi
-
-    scale = seconds_per_unit(manifest, tempo_bpm)
-    midi = pretty_midi.PrettyMIDI(initial_tempo=tempo_bpm)
-    instrument = pretty_midi.Instrument(program=program)
-    starts = piece.starts() * scale
-    # A note needs some length to exist in a MIDI file: at least one tick.
-    min_length = 60.0 / (tempo_bpm * midi.resolution)
-    ends = starts + np.maximum(np.asarray(piece.duration, np.float64) * scale, min_length)
-    for pitch, velocity, start, end in zip(piece.pitch, piece.velocity, starts, ends, strict=True):
-        instrument.notes.append(
-            pretty_midi.Note(
-                velocity=int(velocity), pitch=int(pitch), start=float(start), end=float(end)
-            )
-        )
-    midi.instruments.append(instrument)
-    return midi
-
-
 # --------------------------------------------------------------------------- the pyfunc
 
 
@@ -577,7 +481,7 @@ class MusicGenerator(PythonModel):
             text = row.get("primer_pitches")
             text = text if isinstance(text, str) and text.strip() else "60"
             primer = pitches_primer(text, self.manifest)
-            primer = Notes(*(a[None] for a in primer.__dict__.values()))
+            primer = primer.repeated(1)
             sampling = Sampling.with_temperature(float(row["temperature"]))
             rng = np.random.default_rng(int(row["seed"]))
             count = int(row["notes"])
@@ -602,91 +506,3 @@ class MusicGenerator(PythonModel):
         if not frames:
             return pd.DataFrame({c: [] for c in NOTE_COLUMNS})
         return pd.concat(frames, ignore_index=True)
-
-
-def signature() -> Any:
-    from mlflow.models import ModelSignature
-    from mlflow.types.schema import ColSpec, Schema
-
-    inputs = Schema(
-        [
-            ColSpec("long", "notes"),
-            ColSpec("double", "temperature"),
-            ColSpec("long", "seed"),
-            ColSpec("string", "primer_pitches", required=False),
-        ]
-    )
-    outputs = Schema(
-        [
-            ColSpec("long", "piece"),
-            ColSpec("long", "pitch"),
-            ColSpec("double", "step"),
-            ColSpec("double", "duration"),
-            ColSpec("long", "velocity"),
-            ColSpec("double", "start"),
-            ColSpec("double", "end"),
-        ]
-    )
-    return ModelSignature(inputs=inputs, outputs=outputs)
-
-
-def input_example() -> pd.DataFrame:
-    return pd.DataFrame(
-        {"notes": [16], "temperature": [1.0], "seed": [0], "primer_pitches": ["60 62 64 65 67"]}
-    )
-
-
-def requirements() -> list[str]:
-    """Pinned from this environment: inferring them would load TensorFlow in a subprocess."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    pins = []
-    for name in ("mlflow", "tensorflow", "keras", "numpy", "pandas", "pretty_midi"):
-        try:
-            pins.append(f"{name}=={version(name)}")
-        except PackageNotFoundError:
-            pins.append(name)
-    return pins
-
-
-def log_generator(model_dir: Path, *, registered_model_name: str | None) -> ModelInfo:
-    """Log model_dir's model.keras + manifest.json as a `MusicGenerator` into the active run."""
-    model_dir = Path(model_dir)
-    for name in (MODEL_FILE, MANIFEST_FILE):
-        if not (model_dir / name).exists():
-            raise LakhflowError(f"no {name} in {model_dir}")
-    info: ModelInfo = mlflow.pyfunc.log_model(
-        name="model",
-        python_model=MusicGenerator(),
-        artifacts={
-            "model": str(model_dir / MODEL_FILE),
-            "manifest": str(model_dir / MANIFEST_FILE),
-        },
-        # No code_paths: `pipelines` is installed wherever the model is served, and MLflow
-        # would re-import the package from the copy, splitting its classes in two.
-        signature=signature(),
-        input_example=input_example(),
-        pip_requirements=requirements(),
-        registered_model_name=registered_model_name,
-    )
-    return info
-
-
-def load_generator(uri: str) -> MusicGenerator:
-    """A `MusicGenerator` from an MLflow model URI; one-line error when it is not there."""
-    from mlflow.exceptions import MlflowException
-
-    try:
-        loaded = mlflow.pyfunc.load_model(uri)
-    except (MlflowException, OSError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise LakhflowError(f"cannot load model {uri!r}: {first}") from None
-    model = loaded.unwrap_python_model()
-    if not isinstance(model, MusicGenerator):
-        raise LakhflowError(f"{uri!r} is not a lakhflow generator (logged before generate?)")
-    return model
-
-
-def window_primers(rows: Sequence[Mapping[str, np.ndarray]], length: int) -> Notes:
-    """The first `length` notes of each window as one [B, length] batch."""
-    return Notes(*(np.stack([np.asarray(r[k])[:length] for r in rows]) for k in FEATURES))

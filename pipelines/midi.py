@@ -1,4 +1,6 @@
-"""MIDI bytes -> note arrays, with symusic (fast, default) or pretty_midi, under one pairing policy.
+"""MIDI bytes -> note arrays, with symusic (fast, default) or pretty_midi, under one pairing policy;
+and the model's `Notes` (pitch, step, duration, velocity) written as a MIDI file (`to_midi`), and
+a written file's notes read back (`read_midi_notes`).
 
 Both parsers give tick-level notes grouped into tracks; `assemble_notes` turns them into the note
 table's columns (seconds from the tempo map, beats = ticks / ticks_per_beat) the same way.
@@ -22,10 +24,15 @@ from __future__ import annotations
 import collections
 import io
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+
+from pipelines.errors import LakhflowError
+from pipelines.schema import NOTE_FEATURES
 
 Parser = Literal["symusic", "pretty_midi"]
 
@@ -361,3 +368,97 @@ def assemble_notes(notes: TickNotes, tempos: list[tuple[int, int]], tpb: int) ->
         start_ticks=start,
         end_ticks=end,
     )
+
+
+# --------------------------------------------------------------------------- the model's notes
+
+FEATURES = NOTE_FEATURES  # a note as the model sees it (schema)
+DEFAULT_TEMPO_BPM = 120.0
+
+
+@dataclass
+class Notes:
+    """Notes of one piece (or a batch of equally long pieces) in the model's time unit."""
+
+    pitch: np.ndarray
+    step: np.ndarray
+    duration: np.ndarray
+    velocity: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.pitch.shape[-1])
+
+    def repeated(self, count: int) -> Notes:
+        """This piece `count` times over, as a batch [count, P]."""
+        return Notes(**{k: np.repeat(getattr(self, k)[None], count, axis=0) for k in FEATURES})
+
+    def as_inputs(self) -> dict[str, np.ndarray]:
+        return {
+            "pitch": self.pitch.astype(np.int32),
+            "step": self.step.astype(np.float32),
+            "duration": self.duration.astype(np.float32),
+            "velocity": self.velocity.astype(np.int32),
+        }
+
+    def take(self, index: Any) -> Notes:
+        return Notes(
+            self.pitch[index], self.step[index], self.duration[index], self.velocity[index]
+        )
+
+    def starts(self) -> np.ndarray:
+        """Onsets from the first note (the first note's own step is the gap before the piece)."""
+        step = np.asarray(self.step, dtype=np.float64)
+        return np.cumsum(step) - step[..., :1]
+
+
+def tempo_of(manifest: Mapping[str, Any]) -> float:
+    tempo = manifest.get("tempo_bpm")
+    return float(tempo) if tempo and tempo > 0 else DEFAULT_TEMPO_BPM
+
+
+def seconds_per_unit(manifest: Mapping[str, Any], tempo_bpm: float) -> float:
+    return 60.0 / tempo_bpm if manifest.get("time_unit", "beats") == "beats" else 1.0
+
+
+# --------------------------------------------------------------------------- MIDI files
+
+
+def to_midi(piece: Notes, manifest: Mapping[str, Any], tempo_bpm: float, program: int) -> Any:
+    """A pretty_midi.PrettyMIDI of one piece; beats are written at `tempo_bpm`."""
+    import pretty_midi
+
+    scale = seconds_per_unit(manifest, tempo_bpm)
+    midi = pretty_midi.PrettyMIDI(initial_tempo=tempo_bpm)
+    instrument = pretty_midi.Instrument(program=program)
+    starts = piece.starts() * scale
+    # A note needs some length to exist in a MIDI file: at least one tick.
+    min_length = 60.0 / (tempo_bpm * midi.resolution)
+    ends = starts + np.maximum(np.asarray(piece.duration, np.float64) * scale, min_length)
+    for pitch, velocity, start, end in zip(piece.pitch, piece.velocity, starts, ends, strict=True):
+        instrument.notes.append(
+            pretty_midi.Note(
+                velocity=int(velocity), pitch=int(pitch), start=float(start), end=float(end)
+            )
+        )
+    midi.instruments.append(instrument)
+    return midi
+
+
+def read_midi_notes(path: Path, time_unit: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A MIDI file's pitched notes ordered by start then pitch, timed in beats or seconds."""
+    import pretty_midi
+
+    try:
+        midi = pretty_midi.PrettyMIDI(str(path))
+    except Exception as exc:  # a generated file that does not read is the user's to fix
+        raise LakhflowError(f"{path} is not a readable MIDI file ({exc})") from None
+    notes = [n for inst in midi.instruments if not inst.is_drum for n in inst.notes]
+    pitch = np.array([n.pitch for n in notes], dtype=np.int64)
+    start = np.array([n.start for n in notes], dtype=np.float64)
+    end = np.array([n.end for n in notes], dtype=np.float64)
+    if time_unit == "beats" and len(notes):
+        ticks_per_beat = float(midi.resolution)
+        start = np.array([midi.time_to_tick(t) for t in start], np.float64) / ticks_per_beat
+        end = np.array([midi.time_to_tick(t) for t in end], np.float64) / ticks_per_beat
+    order = np.lexsort((pitch, start))
+    return pitch[order], start[order], end[order]

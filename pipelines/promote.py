@@ -14,12 +14,10 @@ from typing import Any
 from pipelines import storage, tracking
 from pipelines.config import Config, Promote
 from pipelines.errors import LakhflowError
-from pipelines.evaluate import TAG_PREFIX
+from pipelines.registry import CANDIDATE, CHAMPION, TAG_PREFIX, version_by_alias
 
 log = logging.getLogger(__name__)
 
-CANDIDATE = "candidate"
-CHAMPION = "champion"
 SAME_SPLIT = ("splits_sha256", "source")  # tags that must agree for the figures to compare
 
 
@@ -97,22 +95,13 @@ def decide(candidate: Standing, champion: Standing | None, params: Promote) -> D
     return Decision(False, "kept", f"{nll} within {margin:g}; not better {overlap}")
 
 
-def _version_by_alias(client: Any, name: str, alias: str) -> Any | None:
-    from mlflow.exceptions import MlflowException
-
-    try:
-        return client.get_model_version_by_alias(name, alias)
-    except MlflowException:
-        return None
-
-
 def run(cfg: Config) -> dict[str, Any]:
     from mlflow import MlflowClient
 
     tracking.setup(cfg.paths)
     client = MlflowClient()
     name = cfg.train.model_name
-    candidate_mv = _version_by_alias(client, name, CANDIDATE)
+    candidate_mv = version_by_alias(client, name, CANDIDATE)
     if candidate_mv is None:
         raise LakhflowError(f"{name} has no version with alias {CANDIDATE!r}; run `lakhflow train`")
     candidate = Standing.from_tags(str(candidate_mv.version), dict(candidate_mv.tags))
@@ -121,7 +110,7 @@ def run(cfg: Config) -> dict[str, Any]:
             f"{name} version {candidate.version} ({CANDIDATE}) has no evaluation tags; "
             "run `lakhflow evaluate` first"
         )
-    champion_mv = _version_by_alias(client, name, CHAMPION)
+    champion_mv = version_by_alias(client, name, CHAMPION)
     champion = (
         Standing.from_tags(str(champion_mv.version), dict(champion_mv.tags))
         if champion_mv is not None

@@ -7,6 +7,7 @@ not the minutes MLflow's client spends in retries; its errors become one line na
 from __future__ import annotations
 
 import os
+import re
 
 import requests
 
@@ -32,8 +33,15 @@ def errors(*more: type[BaseException]) -> tuple[type[BaseException], ...]:
 
 
 def reason(exc: BaseException) -> str:
+    """Why a request failed, in a few words: the socket's own error where the client's message
+    wraps one ("[Errno 111] Connection refused"), else the message's first line, cut at a word."""
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    return f"{type(exc).__name__}: {text}"[:300] if text else type(exc).__name__
+    if socket_error := re.search(r"\[Errno -?\d+\] [^'\")\]]+", text):
+        return socket_error.group(0).strip()
+    if not text:
+        return type(exc).__name__
+    said = f"{type(exc).__name__}: {text}"
+    return said if len(said) <= 200 else said[:200].rsplit(" ", 1)[0] + " ..."
 
 
 def unreachable(uri: str, why: str) -> LakhflowError:

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from pipelines import storage, tracking
+from pipelines import registry, storage, tracking
 from pipelines.config import Config
 from pipelines.errors import LakhflowError
 from pipelines.model import (
@@ -39,7 +39,6 @@ log = logging.getLogger(__name__)
 
 STATE_FILE = "state.json"
 KEEP_EPOCHS = 2  # checkpoints kept, so a damaged newest one has one to fall back to
-CANDIDATE = "candidate"
 # Validation windows at most kept in memory across epochs (about 0.5 KB each).
 VAL_CACHE_WINDOWS = 200_000
 
@@ -371,17 +370,8 @@ class RunLog:
 def register(cfg: Config, model_dir: Path, run_id: str) -> dict[str, Any]:
     """Log the model in `model_dir` into the active run, register it as a new version of
     `train.model_name`, point the alias `candidate` at it and tag it with its run and data."""
-    from mlflow import MlflowClient
-
-    from pipelines.generator import log_generator
-
     name = cfg.train.model_name
     manifest = storage.read_json(model_dir / "manifest.json")
-    # The generate stage's pyfunc: the registered model writes music, the Keras model inside.
-    info = log_generator(model_dir, registered_model_name=name)
-    version = str(info.registered_model_version)
-    client = MlflowClient()
-    client.set_registered_model_alias(name, CANDIDATE, version)
     tags = {
         "run_id": run_id,
         "source": str(manifest.get("source", "")),
@@ -389,8 +379,7 @@ def register(cfg: Config, model_dir: Path, run_id: str) -> dict[str, Any]:
         "manifest_sha256": storage.file_digest(model_dir / "manifest.json", "sha256"),
         "heads": cfg.train.heads,
     }
-    for key, value in tags.items():
-        client.set_model_version_tag(name, version, key, value)
+    version = registry.register_candidate(model_dir, name, tags)
     return {
         "run_id": run_id,
         "model_name": name,
@@ -632,7 +621,7 @@ def run(cfg: Config) -> dict[str, Any]:
         info["run_id"],
         info["model_name"],
         info["model_version"],
-        CANDIDATE,
+        registry.CANDIDATE,
     )
     return metrics
 

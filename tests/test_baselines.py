@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from pipelines import baselines
+from pipelines import baselines, schema
 
 # Two training tracks over a vocabulary of 2 tokens.
 TRAIN = [np.array([0, 1, 0, 1]), np.array([1, 1])]
@@ -61,8 +61,8 @@ def test_bin_values_follow_the_contract() -> None:
     edges = [0.0, 0.5, 1.0]
     values = np.array([0.0, 0.25, 0.5, 0.75, 1.0, 3.0])
     # searchsorted(side=right): exact zero gets its own class 1 (the "chord" class).
-    assert baselines.bin_values(values, edges).tolist() == [1, 1, 2, 2, 3, 3]
-    assert baselines.bin_values(np.array([-1.0]), edges).tolist() == [0]
+    assert schema.classes_of(values, edges).tolist() == [1, 1, 2, 2, 3, 3]
+    assert schema.classes_of(np.array([-1.0]), edges).tolist() == [0]
 
 
 def test_tokens_outside_the_vocabulary_are_refused() -> None:

@@ -115,14 +115,71 @@ def test_copies_are_found_across_note_table_parts_in_train_files_only(tmp_path: 
     planted = np.array([1, 2, 3, *melody[20:45], 4, 5])  # 25 notes across the parts' seam
     from_drums = np.array(drums[:20])  # drums are no pitched training notes
     from_test = np.array(held_out[:20])  # file "b" is not a training file
-    copies = evaluate.find_copies(cfg, [planted, from_drums, from_test])
+    anchor = evaluate.copy_anchor(evaluate.training_notes(cfg), cfg.evaluate.copy_threshold)
+    copies = evaluate.find_copies(
+        [planted, from_drums, from_test], evaluate.train_tracks(cfg), anchor=anchor
+    )
     assert copies.exact[0].length == 25
     assert copies.sources[copies.exact[0].source] == ("a", 1)
     assert copies.exact[1].length < 5 and copies.exact[2].length < 5
     assert copies.training_notes == 60
     # Transposed up a fourth: the same 25 notes, up to transposition.
-    shifted = evaluate.find_copies(cfg, [planted + 5])
+    shifted = evaluate.find_copies([planted + 5], evaluate.train_tracks(cfg), anchor=anchor)
     assert evaluate.notes_of_intervals(shifted.transposed[0].length) >= 25
+
+
+def test_the_copy_detector_filters_by_k_grams_only_past_a_few_million_notes() -> None:
+    assert evaluate.copy_anchor(evaluate.EXACT_COPY_NOTES, 16) is None
+    assert evaluate.copy_anchor(evaluate.EXACT_COPY_NOTES + 1, 16) == 8
+    assert evaluate.copy_anchor(evaluate.EXACT_COPY_NOTES + 1, 5) == 5
+    assert evaluate.copy_anchor(evaluate.EXACT_COPY_NOTES + 1, 1) == 2
+
+
+def melodies(seed: int, count: int, length: int) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return [rng.integers(48, 84, length) for _ in range(count)]
+
+
+def pieces_of(pitches: list[np.ndarray], step: float = 0.5) -> list[mm.Piece]:
+    return [mm.Piece.from_steps(p, np.full(len(p), step), np.full(len(p), step)) for p in pitches]
+
+
+def test_copies_are_found_in_tracks_given_as_arrays() -> None:
+    tracks = [("a", 0, m) for m in melodies(1, 2, 40)]
+    planted = np.concatenate([[1, 2], tracks[1][2][5:30], [3]])
+    for anchor in (None, 8):  # the k-gram filter finds the same runs past the threshold
+        copies = evaluate.find_copies([planted, planted + 2], iter(tracks), anchor=anchor)
+        assert copies.exact[0].length == 25 and copies.sources[copies.exact[0].source] == ("a", 0)
+        assert copies.exact[1].length < 25
+        assert evaluate.notes_of_intervals(copies.transposed[1].length) >= 25
+        assert copies.training_notes == 80
+
+
+def test_music_is_compared_to_real_excerpts_of_the_same_lengths() -> None:
+    generated = dict(zip(["g0", "g1", "g2"], pieces_of(melodies(2, 3, 24)), strict=True))
+    tracks = [
+        evaluate.Track(f"t{i}", 0, {"pitch": p, "step": np.full(60, 0.5), "duration": np.ones(60)})
+        for i, p in enumerate(melodies(3, 4, 60))
+    ]
+    settings = {"seed": 4, "spb": 1.0, "kde_points": 32, "ngrams": [2, 4]}
+    music, comparisons, gen, real = evaluate.compare_music(generated, tracks, **settings)
+    assert music["generated_pieces"] == music["real_excerpts"] == 3
+    assert music["excerpt_notes"] == [24] and [len(p) for p in real] == [24, 24, 24]
+    assert set(music["distinct_ngrams"]) == {"2", "4"}
+    assert set(comparisons) == set(music["yang_lerch"])
+    assert 0 <= music["mean_overlap_area"] <= 1
+    again, *_ = evaluate.compare_music(generated, tracks, **settings)
+    assert json.dumps(again, sort_keys=True) == json.dumps(music, sort_keys=True)
+
+    # A training track copied into the last piece, and where it comes from.
+    train = [("f", 1, np.concatenate([[0, 1], gen[2].pitch[4:20], [2]]))]
+    copies = evaluate.find_copies([p.pitch for p in (*gen, *real)], train, anchor=None)
+    copying = evaluate.copying_summary(list(generated), gen, copies, {"f": "f.mid"}, 12)
+    assert [c["piece"] for c in copying["generated"]] == ["g0", "g1", "g2"]
+    assert copying["generated"][2]["longest_copied_run"] == 16
+    assert copying["generated"][2]["source_path"] == "f.mid"
+    assert copying["max_generated"] == 16 and copying["pieces_copying"] == 1
+    assert len(copying["real"]) == 3 and copying["training_notes"] == 19
 
 
 # --------------------------------------------------------------------------- the stage

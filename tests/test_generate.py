@@ -20,9 +20,8 @@ from conftest import another_hash_seed, folder_digests, notes_project, run_cli
 
 from pipelines import cli, config, dataset, generate, sequences
 from pipelines.config import Train
-from pipelines.errors import LakhflowError
-from pipelines.generator import log_generator
 from pipelines.model import build_model
+from pipelines.registry import log_generator
 
 PRIMER = 8
 NOTES = 24
@@ -306,10 +305,3 @@ def test_a_folder_generate_wrote_is_marked_and_replaced_next_time(
     run_stage(project, out, "generate.count=2", "generate.name=again")
     assert sorted(p.name for p in out.glob("*.mid")) == ["again-000.mid", "again-001.mid"]
     assert [p.name for p in tmp_path.iterdir()] == ["batch"]  # no temporary left beside it
-
-
-def test_a_folder_as_primer_midi_is_called_a_folder(tmp_path: Path) -> None:
-    with pytest.raises(LakhflowError, match=r"^generate\.primer_midi: .* is a folder, not a MIDI"):
-        generate.midi_primer(tmp_path, 8, {})
-    with pytest.raises(LakhflowError, match=r"^generate\.primer_midi: .* does not exist$"):
-        generate.midi_primer(tmp_path / "nowhere.mid", 8, {})

@@ -28,11 +28,10 @@ from pipelines.generator import (
     Sampling,
     StepModel,
     draw_classes,
-    log_generator,
     penalise,
-    pitches_primer,
 )
 from pipelines.model import build_model
+from pipelines.registry import log_generator
 
 # A shards manifest as CONTRACTS.md describes it (only what the model and generator read).
 MANIFEST: dict[str, Any] = {
@@ -178,14 +177,6 @@ def test_bad_sampling_settings_are_one_line_errors(settings: dict, message: str)
     temperature = settings.pop("temperature")
     with pytest.raises(ParamsError, match=message.replace("(", r"\(").replace("]", r"\]")):
         Sampling.with_temperature(temperature, **settings)
-
-
-def test_a_pitch_list_primer_uses_the_typical_note() -> None:
-    primer = pitches_primer("60 62, 64", MANIFEST)
-    assert primer.pitch.tolist() == [60, 62, 64]
-    assert primer.step.tolist() == [0.0, 0.5, 0.5] and set(primer.velocity) == {80}
-    with pytest.raises(ParamsError, match="primer_pitches"):
-        pitches_primer("60 do re", MANIFEST)
 
 
 # --------------------------------------------------------------------------- the pyfunc

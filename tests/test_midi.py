@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import io
 import random
+from pathlib import Path
 
 import mido
 import numpy as np
 import pytest
 
 from pipelines import midi
+from pipelines.errors import LakhflowError
 
 PARSERS = ["symusic", "pretty_midi"]
 
@@ -190,3 +192,38 @@ def test_tempo_map_policy() -> None:
     assert ticks.tolist() == [0, 30]
     assert mspq.tolist() == [1_000_000, 400_000]
     assert midi.tempo_map([])[1].tolist() == [midi.DEFAULT_MSPQ]
+
+
+# --------------------------------------------------------------------------- the model's notes
+
+
+def test_a_written_piece_reads_back_in_beats_and_seconds(tmp_path: Path) -> None:
+    piece = midi.Notes(
+        np.array([64, 60, 67]), np.array([0.0, 0.0, 1.5]), np.array([1.0, 2.0, 0.5]),
+        np.array([90, 80, 70]),
+    )  # fmt: skip
+    assert piece.starts().tolist() == [0.0, 0.0, 1.5]
+    path = tmp_path / "piece.mid"
+    midi.to_midi(piece, {"time_unit": "beats"}, tempo_bpm=120.0, program=0).write(str(path))
+    pitch, start, end = midi.read_midi_notes(path, "beats")
+    # Ordered by start then pitch, whatever order the piece gave them in.
+    assert pitch.tolist() == [60, 64, 67]
+    assert start.tolist() == pytest.approx([0.0, 0.0, 1.5])
+    assert end.tolist() == pytest.approx([2.0, 1.0, 2.0])
+    _, seconds, _ = midi.read_midi_notes(path, "seconds")
+    assert seconds.tolist() == pytest.approx([0.0, 0.0, 0.75])  # 120 beats per minute
+
+
+def test_the_time_unit_and_tempo_come_from_the_manifest() -> None:
+    assert midi.tempo_of({"tempo_bpm": 90}) == 90.0
+    assert midi.tempo_of({}) == midi.tempo_of({"tempo_bpm": 0}) == midi.DEFAULT_TEMPO_BPM
+    assert midi.seconds_per_unit({"time_unit": "beats"}, 120.0) == 0.5
+    assert midi.seconds_per_unit({"time_unit": "seconds"}, 120.0) == 1.0
+
+
+def test_a_generated_file_that_does_not_read_is_one_line(tmp_path: Path) -> None:
+    path = tmp_path / "broken.mid"
+    path.write_bytes(b"MThd")
+    with pytest.raises(LakhflowError, match=r"broken\.mid is not a readable MIDI file") as e:
+        midi.read_midi_notes(path, "beats")
+    assert "\n" not in str(e.value)

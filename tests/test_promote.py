@@ -12,7 +12,7 @@ from mlflow import MlflowClient
 from pipelines import config, promote
 from pipelines.config import Promote
 from pipelines.errors import LakhflowError
-from pipelines.evaluate import TAG_PREFIX
+from pipelines.registry import TAG_PREFIX
 
 NAME = "lakhflow-lstm"
 SPLITS = "a" * 64
