@@ -206,7 +206,7 @@ def lakhflow_pipeline(scheduler_address: str | None = None, force: bool = False)
 
 
 def _summary(cfg: config.Config, results: list[dict[str, Any]], seconds: float) -> dict[str, Any]:
-    model = _read_json(cfg.paths.model / "run.json")
+    model = _read_json(cfg.paths.model_run)
     champion = _champion_version(cfg, model.get("model_name") or cfg.train.model_name)
     metrics = _metrics(cfg.paths.root)
     lines = [f"# lakhflow pipeline ({seconds:.0f} s)", "", "| stage | result | seconds |"]

@@ -25,6 +25,10 @@ from pydantic_core import ErrorDetails
 from pipelines.errors import ParamsError
 
 PARAMS_FILE = "params.yaml"
+# A trained model's folder (data/model/, and the pyfunc's artifacts): the Keras model and the
+# shards' manifest it was trained on.
+MODEL_FILE = "model.keras"
+MANIFEST_FILE = "manifest.json"
 # How the parse stage runs, not what it writes: a run takes these from the environment (or -S),
 # so nothing rewrites params.yaml for one run, and DVC, which hashes params, never sees them.
 PARSE_SCHEDULER_ENV = "LAKHFLOW_PARSE_SCHEDULER"  # a Dask scheduler: parse.executor dask there
@@ -375,6 +379,62 @@ class Paths:
 
     def raw_archive(self, source: str) -> Path:
         return self.raw / f"{source}.tar.gz"
+
+    # The files the stages write, by name: a stage writes `tmp / path.name` in its atomic
+    # folder, and readers open the path.
+    @property
+    def files_table(self) -> Path:
+        return self.notes / "files.parquet"
+
+    @property
+    def notes_stats(self) -> Path:
+        return self.notes / "stats.json"
+
+    @property
+    def shards_manifest(self) -> Path:
+        return self.shards / MANIFEST_FILE
+
+    @property
+    def splits(self) -> Path:
+        return self.shards / "splits.parquet"
+
+    @property
+    def model_file(self) -> Path:
+        return self.model / MODEL_FILE
+
+    @property
+    def model_manifest(self) -> Path:
+        """The shards' manifest the model was trained on, copied beside it."""
+        return self.model / MANIFEST_FILE
+
+    @property
+    def model_run(self) -> Path:
+        """The model's MLflow run and registered version (once registered)."""
+        return self.model / "run.json"
+
+    @property
+    def generated_manifest(self) -> Path:
+        return self.generated / "manifest.json"
+
+    @property
+    def evaluation(self) -> Path:
+        return self.root / "data" / "evaluation"
+
+    @property
+    def report(self) -> Path:
+        return self.evaluation / "report.html"
+
+    @property
+    def train_metrics(self) -> Path:
+        return self.metrics / "train.json"
+
+    @property
+    def eval_metrics(self) -> Path:
+        return self.metrics / "eval.json"
+
+    @property
+    def promotion(self) -> Path:
+        return self.metrics / "promotion.json"
 
 
 @dataclass(frozen=True)

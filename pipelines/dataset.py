@@ -15,6 +15,7 @@ import numpy as np
 import tensorflow as tf
 
 from pipelines import storage
+from pipelines.config import MANIFEST_FILE
 from pipelines.errors import LakhflowError
 from pipelines.schema import CHUNK_CONTEXT_FEATURES, CHUNK_NOTE_FEATURES, NOTE_FEATURES
 
@@ -30,7 +31,7 @@ _PARSE_SPEC = {  # what the shard writer wrote (schema.CHUNK_*): the notes and t
 
 
 def read_manifest(shard_dir: Path) -> dict[str, Any]:
-    path = Path(shard_dir) / "manifest.json"
+    path = Path(shard_dir) / MANIFEST_FILE
     if not path.exists():
         raise LakhflowError(f"{path} not found; run `lakhflow sequences` first")
     manifest: dict[str, Any] = storage.read_json(path)

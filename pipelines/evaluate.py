@@ -18,7 +18,7 @@ import numpy as np
 from pipelines import baselines as bl
 from pipelines import music_metrics as mm
 from pipelines import registry, storage, tracking
-from pipelines.config import Config
+from pipelines.config import MODEL_FILE, Config
 from pipelines.errors import LakhflowError
 from pipelines.midi import read_midi_notes
 from pipelines.report import plot_distributions, report_html
@@ -47,20 +47,20 @@ class Inputs:
 def read_inputs(cfg: Config) -> Inputs:
     paths = cfg.paths
     needed = {
-        paths.model / "model.keras": "train",
-        paths.model / "manifest.json": "train",
-        paths.model / "run.json": "train",
-        paths.shards / "manifest.json": "sequences",
-        paths.shards / "splits.parquet": "sequences",
-        paths.generated / "manifest.json": "generate",
+        paths.model_file: "train",
+        paths.model_manifest: "train",
+        paths.model_run: "train",
+        paths.shards_manifest: "sequences",
+        paths.splits: "sequences",
+        paths.generated_manifest: "generate",
     }
     for path, stage in needed.items():
         if not path.exists():
             raise LakhflowError(f"{path} not found; run `lakhflow {stage}` first")
     if not any(paths.notes.glob("notes-*.parquet")):
         raise LakhflowError(f"no note tables in {paths.notes}; run `lakhflow parse` first")
-    manifest = storage.read_json(paths.model / "manifest.json")
-    shards = storage.read_json(paths.shards / "manifest.json")
+    manifest = storage.read_json(paths.model_manifest)
+    shards = storage.read_json(paths.shards_manifest)
     if manifest.get("splits_sha256") != shards.get("splits_sha256"):
         raise LakhflowError(
             "the model was trained on other splits than data/shards holds "
@@ -71,8 +71,8 @@ def read_inputs(cfg: Config) -> Inputs:
     return Inputs(
         model_dir=paths.model,
         manifest=manifest,
-        run_info=storage.read_json(paths.model / "run.json"),
-        generated=storage.read_json(paths.generated / "manifest.json"),
+        run_info=storage.read_json(paths.model_run),
+        generated=storage.read_json(paths.generated_manifest),
     )
 
 
@@ -163,7 +163,7 @@ def score_model(cfg: Config, inputs: Inputs) -> TestScores:
     from pipelines.model import load_model, split_window
 
     manifest = inputs.manifest
-    model = load_model(inputs.model_dir / "model.keras", compile=False)
+    model = load_model(inputs.model_dir / MODEL_FILE, compile=False)
     heads = "categorical"
     tallies = {head: HeadTally() for head in HEADS}
     previous: dict[str, list[np.ndarray]] = {head: [] for head in HEADS}
@@ -373,7 +373,7 @@ def train_tracks(cfg: Config) -> Iterator[tuple[str, int, np.ndarray]]:
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    splits = pq.read_table(cfg.paths.shards / "splits.parquet", columns=["file_id", "split"])
+    splits = pq.read_table(cfg.paths.splits, columns=["file_id", "split"])
     train_ids = splits.filter(pc.equal(splits["split"], "train"))["file_id"]
     pending: tuple[str, int, np.ndarray] | None = None
     for part in sorted(cfg.paths.notes.glob("notes-*.parquet")):
@@ -442,7 +442,7 @@ def notes_of_intervals(run: int) -> int:
 def file_paths(cfg: Config) -> dict[str, str]:
     import pyarrow.parquet as pq
 
-    path = cfg.paths.notes / "files.parquet"
+    path = cfg.paths.files_table
     if not path.exists():
         return {}
     table = pq.read_table(path, columns=["file_id", "path"])
@@ -628,16 +628,16 @@ def run(cfg: Config) -> dict[str, Any]:
     result["baselines"] = base
     result["music"] = music
 
-    out = cfg.paths.root / "data" / "evaluation"
+    out = cfg.paths.evaluation
     with storage.atomic_dir(out, "evaluate") as tmp:
         pictures = plot_distributions(
             comparisons, gen, real,
             {int(n): v for n, v in music["distinct_ngrams"].items()}, tmp / "plots",
         )  # fmt: skip
-        (tmp / "report.html").write_text(report_html(result, pictures))
-    eval_json = cfg.paths.metrics / "eval.json"
+        (tmp / cfg.paths.report.name).write_text(report_html(result, pictures))
+    eval_json = cfg.paths.eval_metrics
     storage.write_json(eval_json, _json_safe(result))
-    files = [eval_json, out / "report.html", *sorted((out / "plots").glob("*.png"))]
+    files = [eval_json, cfg.paths.report, *sorted((out / "plots").glob("*.png"))]
     log_to_mlflow(cfg, inputs, result, files)
     log.info(
         "Evaluated %s version %s on %d test windows: pitch NLL %.3f (bigram %.3f, ratio %.2f); "
@@ -646,7 +646,7 @@ def run(cfg: Config) -> dict[str, Any]:
         result["model_name"], result["model_version"], scores.windows, result["pitch_nll"],
         result["bigram_pitch_nll"], result["pitch_nll_ratio_to_bigram"],
         result["mean_overlap_area"], result["max_copied_run"], result["max_copied_run_real"],
-        eval_json, out / "report.html",
+        eval_json, cfg.paths.report,
     )  # fmt: skip
     return {k: v for k, v in result.items() if not isinstance(v, dict)}
 

@@ -20,7 +20,7 @@ import numpy as np
 from pipelines import registry, storage, tracking
 from pipelines.config import Config, Generate
 from pipelines.errors import LakhflowError, ParamsError
-from pipelines.generator import MANIFEST_FILE, MODEL_FILE, NoteSampler, Sampling, load_keras
+from pipelines.generator import NoteSampler, Sampling, load_keras
 from pipelines.midi import FEATURES, Notes, seconds_per_unit, tempo_of, to_midi
 from pipelines.primers import (
     PRIMER_CANDIDATES,
@@ -59,15 +59,15 @@ def load_source(cfg: Config) -> Source:
     uri = cfg.generate.model_uri
     if uri is None:
         model_dir = cfg.paths.model
-        if not (model_dir / MODEL_FILE).exists():
+        if not cfg.paths.model_file.exists():
             raise LakhflowError(
-                f"no trained model at {model_dir / MODEL_FILE}; run `lakhflow train` first "
+                f"no trained model at {cfg.paths.model_file}; run `lakhflow train` first "
                 "or set generate.model_uri"
             )
-        manifest = storage.read_json(model_dir / MANIFEST_FILE)
-        run = storage.read_json(model_dir / "run.json") if (model_dir / "run.json").exists() else {}
+        manifest = storage.read_json(cfg.paths.model_manifest)
+        run = storage.read_json(cfg.paths.model_run) if cfg.paths.model_run.exists() else {}
         return Source(
-            model=load_keras(model_dir / MODEL_FILE),
+            model=load_keras(cfg.paths.model_file),
             manifest=manifest,
             uri=str(run.get("model_uri") or model_dir),
             version=str(run["model_version"]) if run.get("model_version") else None,
@@ -355,7 +355,7 @@ def run(cfg: Config, *, renderer: Renderer | None = None) -> dict[str, Any]:
                 }
             )
         storage.write_json(
-            tmp / "manifest.json",
+            tmp / cfg.paths.generated_manifest.name,
             {
                 "model": {
                     "uri": source.uri,

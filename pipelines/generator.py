@@ -31,8 +31,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-MODEL_FILE = "model.keras"
-MANIFEST_FILE = "manifest.json"
 # Notes per second of music at most, when the length is given in seconds: a safety cap for a
 # model that keeps predicting chords (step 0) and would otherwise never reach the end.
 MAX_NOTES_PER_SECOND = 64

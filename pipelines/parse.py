@@ -31,7 +31,7 @@ from pipelines.runstore import Batch, RunBuffer, RunStore, add_batch
 from pipelines.workers import BatchResult, DaskPool, LocalPool, WorkerSettings
 
 if TYPE_CHECKING:
-    from pipelines.config import Config
+    from pipelines.config import Config, Paths
 
 log = logging.getLogger(__name__)
 
@@ -281,7 +281,7 @@ def parse_all(
 
     rows = {**store.rows, **duplicates}
     with storage.atomic_dir(cfg.paths.notes, "parse") as out:
-        summary = write_outputs(out, store, rows, plotter, pictures)
+        summary = write_outputs(out, cfg.paths, store, rows, plotter, pictures)
     elapsed = time.perf_counter() - started
     n_files = len(rows)
     metrics = {
@@ -311,9 +311,15 @@ def parse_all(
 
 
 def write_outputs(
-    out: Path, store: RunStore, rows: dict[int, list[Any]], plotter: Plotter, pictures: Path
+    out: Path,
+    paths: Paths,
+    store: RunStore,
+    rows: dict[int, list[Any]],
+    plotter: Plotter,
+    pictures: Path,
 ) -> dict[str, Any]:
-    """The parts (linked from the work folder), the files table, stats and plots."""
+    """Into `out` (data/notes/ to be): the parts (linked from the work folder), the files
+    table, stats and plots."""
     import shutil
 
     import pyarrow as pa
@@ -334,10 +340,10 @@ def write_outputs(
         else:  # int64, int32, double: numpy reads Arrow's names
             columns.append(arrow_column(np.array(values, dtype=np.dtype(str(f.type))), f.type))
     files = pa.Table.from_arrays(columns, schema=schema.FILES)
-    pq.write_table(files, out / "files.parquet", compression="zstd")
+    pq.write_table(files, out / paths.files_table.name, compression="zstd")
     stats = file_stats(ordered, store.counts)
     stats["parts"] = len(parts)
-    storage.write_json(out / "stats.json", stats)
+    storage.write_json(out / paths.notes_stats.name, stats)
     plotter.wait()
     (out / "plots").mkdir()
     for name in Plotter.PICTURES:  # copies: the plotter rewrites its own files in place

@@ -150,14 +150,14 @@ def run(cfg: Config) -> dict[str, Any]:
         "min_improvement": cfg.promote.min_improvement,
         "time": now,
     }
-    storage.write_json(cfg.paths.metrics / "promotion.json", result)
+    storage.write_json(cfg.paths.promotion, result)
     if decision.outcome == "refused":
         log.warning("promotion refused: %s", decision.reason)
     else:
         log.info(
             "%s version %s: %s (%s); %s is version %s. Wrote %s.",
             name, candidate.version, decision.outcome, decision.reason, CHAMPION,
-            result["champion_version"], cfg.paths.metrics / "promotion.json",
+            result["champion_version"], cfg.paths.promotion,
         )  # fmt: skip
     return result
 

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pipelines.config import MANIFEST_FILE, MODEL_FILE
 from pipelines.errors import LakhflowError
 
 if TYPE_CHECKING:
@@ -153,7 +154,7 @@ def log_generator(model_dir: Path, *, registered_model_name: str | None) -> Mode
 
     # Here, not at the top: the generator imports TensorFlow, and promote and the flows, which
     # only look versions up, should not.
-    from pipelines.generator import MANIFEST_FILE, MODEL_FILE, MusicGenerator
+    from pipelines.generator import MusicGenerator
 
     model_dir = Path(model_dir)
     for name in (MODEL_FILE, MANIFEST_FILE):

@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from pipelines import schema, storage
 from pipelines.bins import Histogram, make_bins
-from pipelines.config import Config, Sequences
+from pipelines.config import MANIFEST_FILE, Config, Paths, Sequences
 from pipelines.errors import LakhflowError, ParamsError
 from pipelines.instruments import describe, select_programs
 from pipelines.shards import (
@@ -52,8 +52,8 @@ NOTE_COLUMNS = [f.name for f in schema.NOTES]
 # ---------------------------------------------------------------- reading the note tables
 
 
-def read_files(notes_dir: Path) -> pa.Table:
-    path = notes_dir / "files.parquet"
+def read_files(path: Path) -> pa.Table:
+    """The files table (data/notes/files.parquet)."""
     if not path.exists():
         raise LakhflowError(f"{path} not found; run `lakhflow parse` (or `dvc repro parse`) first")
     return pq.read_table(path)
@@ -257,7 +257,7 @@ def run(cfg: Config) -> dict[str, Any]:
     """survey -> split keys -> chunks spilled, counted and binned -> shards, splits, manifest."""
     p = cfg.sequences
     selection = select_tracks(p)
-    corpus = read_corpus(cfg.paths.notes)
+    corpus = read_corpus(cfg.paths)
 
     # Pass 1: split keys and the corpus' programs, before any note is binned or written.
     survey, program_notes, n_tracks = survey_files(corpus.parts, set(corpus.file_ids), selection)
@@ -284,11 +284,12 @@ def select_tracks(p: Sequences) -> Selection:
         raise ParamsError(f"sequences.programs: {exc}") from None
 
 
-def read_corpus(notes_dir: Path) -> Corpus:
-    files = read_files(notes_dir).to_pylist()
+def read_corpus(paths: Paths) -> Corpus:
+    notes_dir = paths.notes
+    files = read_files(paths.files_table).to_pylist()
     ok_files = sorted({f["file_id"] for f in files if f["status"] == "ok"})
     if not ok_files:
-        raise LakhflowError(f"{notes_dir / 'files.parquet'} lists no file with status ok")
+        raise LakhflowError(f"{paths.files_table} lists no file with status ok")
     groups = {f["file_id"]: f["group"] or "" for f in files if f["status"] == "ok"}
     parts = note_parts(notes_dir)
     if not parts:
@@ -429,12 +430,12 @@ def write_shard_dir(
             },
             schema=schema.SPLITS,
         )
-        pq.write_table(table, out / "splits.parquet")
+        pq.write_table(table, out / cfg.paths.splits.name)
         manifest = build_manifest(
             cfg, bins, tally.programs, tally.tempo_counts, tally.totals, split_shards
         )
-        manifest["splits_sha256"] = storage.file_digest(out / "splits.parquet", "sha256")
-        (out / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+        manifest["splits_sha256"] = storage.file_digest(out / cfg.paths.splits.name, "sha256")
+        (out / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     return manifest
 
 

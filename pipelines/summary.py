@@ -18,7 +18,7 @@ def _read(path: Path) -> dict[str, Any] | None:
 
 def summarize(paths: Paths) -> str:
     lines: list[str] = []
-    if stats := _read(paths.notes / "stats.json"):
+    if stats := _read(paths.notes_stats):
         files = stats["files"]
         lines.append(
             f"parse     {files.get('inputs', 0)} files: {files.get('ok', 0)} ok, "
@@ -26,20 +26,20 @@ def summarize(paths: Paths) -> str:
             f"{files.get('quarantined', 0)} quarantined; {stats['notes']:,} notes, "
             f"{stats['hours']:.1f} hours"
         )
-    if manifest := _read(paths.shards / "manifest.json"):
+    if manifest := _read(paths.shards_manifest):
         splits = manifest["splits"]
         counts = ", ".join(f"{name} {splits[name]['windows']:,}" for name in splits)
         lines.append(f"sequences windows of {manifest['seq_length'] + 1} notes: {counts}")
-    if train := _read(paths.metrics / "train.json"):
+    if train := _read(paths.train_metrics):
         best = train["best"]
         lines.append(
             f"train     {train['epochs']} epochs on {train['device']}, {train['seconds']:.0f} s; "
             f"best val loss {best['val_loss']:.3f} (pitch {best.get('val_pitch_loss', 0):.3f})"
         )
-    if generated := _read(paths.generated / "manifest.json"):
+    if generated := _read(paths.generated_manifest):
         pieces = generated.get("pieces", [])
         lines.append(f"generate  {len(pieces)} pieces in {paths.generated}")
-    if evaluation := _read(paths.metrics / "eval.json"):
+    if evaluation := _read(paths.eval_metrics):
         lines.append(
             f"evaluate  pitch NLL {evaluation['pitch_nll']:.3f} = "
             f"{evaluation['pitch_nll_ratio_to_bigram']:.2f} x the bigram's; "
@@ -47,7 +47,7 @@ def summarize(paths: Paths) -> str:
             f"longest copied run {evaluation['max_copied_run']} notes "
             f"(report: {paths.root / 'data/evaluation/report.html'})"
         )
-    if promotion := _read(paths.metrics / "promotion.json"):
+    if promotion := _read(paths.promotion):
         lines.append(
             f"promote   {promotion['model_name']}@champion is version "
             f"{promotion['champion_version']} ({promotion['reason']})"

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from pipelines import registry, storage, tracking
-from pipelines.config import Config
+from pipelines.config import MANIFEST_FILE, MODEL_FILE, Config
 from pipelines.errors import LakhflowError
 from pipelines.model import (
     Placement,
@@ -97,7 +97,7 @@ def read_shards_manifest(cfg: Config) -> tuple[dict[str, Any], str]:
     """The shards' manifest and its sha256; a one-line error if the shards are missing/stale."""
     from pipelines.dataset import read_manifest
 
-    path = cfg.paths.shards / "manifest.json"
+    path = cfg.paths.shards_manifest
     if not path.exists():
         raise LakhflowError(f"no shards in {cfg.paths.shards}: run `lakhflow sequences` first")
     manifest = dict(read_manifest(cfg.paths.shards))
@@ -371,12 +371,12 @@ def register(cfg: Config, model_dir: Path, run_id: str) -> dict[str, Any]:
     """Log the model in `model_dir` into the active run, register it as a new version of
     `train.model_name`, point the alias `candidate` at it and tag it with its run and data."""
     name = cfg.train.model_name
-    manifest = storage.read_json(model_dir / "manifest.json")
+    manifest = storage.read_json(model_dir / MANIFEST_FILE)
     tags = {
         "run_id": run_id,
         "source": str(manifest.get("source", "")),
         "splits_sha256": str(manifest.get("splits_sha256", "")),
-        "manifest_sha256": storage.file_digest(model_dir / "manifest.json", "sha256"),
+        "manifest_sha256": storage.file_digest(model_dir / MANIFEST_FILE, "sha256"),
         "heads": cfg.train.heads,
     }
     version = registry.register_candidate(model_dir, name, tags)
@@ -407,19 +407,19 @@ def publish(
             {f"best_{k}": v for k, v in metrics["best"].items()}
             | {"best_epoch": progress.best_epoch}
         )
-        for name in ("loss_curves.png", "summary.txt", "history.csv", "manifest.json"):
+        for name in ("loss_curves.png", "summary.txt", "history.csv", MANIFEST_FILE):
             mlflow.log_artifact(str(model_dir / name))
         info = register(cfg, model_dir, str(progress.run_id))
     except tracking.errors(LakhflowError) as exc:
         progress.save(work)
         why = runlog.lost or tracking.reason(exc)
         raise LakhflowError(
-            f"trained and wrote {model_dir} and {cfg.paths.metrics / 'train.json'}, but MLflow "
+            f"trained and wrote {model_dir} and {cfg.paths.train_metrics}, but MLflow "
             f"at {runlog.uri} did not answer ({why}), so the model is not registered; once it "
             "answers, run `lakhflow train` (or `dvc repro`) again: it finds the finished "
             f"training in {work} and only logs and registers it"
         ) from None
-    storage.write_json(model_dir / "run.json", info)
+    storage.write_json(cfg.paths.model_run, info)
     return info
 
 
@@ -617,7 +617,7 @@ def run(cfg: Config) -> dict[str, Any]:
         metrics["seconds"],
         metrics["windows_per_s"],
         cfg.paths.model,
-        cfg.paths.metrics / "train.json",
+        cfg.paths.train_metrics,
         info["run_id"],
         info["model_name"],
         info["model_version"],
@@ -653,9 +653,9 @@ def _write_outputs(
 ) -> None:
     """data/model/ as one atomic folder (run.json comes once it is registered), and train.json."""
     with storage.atomic_dir(cfg.paths.model, "train") as tmp:
-        model.save(tmp / "model.keras")
-        shutil.copy2(cfg.paths.shards / "manifest.json", tmp / "manifest.json")
+        model.save(tmp / MODEL_FILE)
+        shutil.copy2(cfg.paths.shards_manifest, tmp / MANIFEST_FILE)
         write_history(tmp / "history.csv", progress.history)
         (tmp / "summary.txt").write_text(summary_text(model))
         plot_losses(tmp / "loss_curves.png", progress.history, heads)
-    storage.write_json(cfg.paths.metrics / "train.json", metrics)
+    storage.write_json(cfg.paths.train_metrics, metrics)

@@ -152,26 +152,7 @@ def test_a_killed_run_resumes_and_ends_as_an_unbroken_run_does(
     `trained` fixture, same params, another process), so runs are also reproducible."""
     root = train_project(tmp_path / "killed", shards)
     env = tool_env(MLFLOW_TRACKING_URI=mlflow_uri)
-    first = subprocess.Popen(
-        ["lakhflow", "train"], cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-    )
-    state: dict[str, Any] = {}
-    deadline = time.monotonic() + 240
-    try:
-        while time.monotonic() < deadline and first.poll() is None:
-            found = _state_files(root)
-            if found:
-                state = json.loads(found[0].read_text())
-                if state["epochs_done"] >= 1:
-                    os.kill(first.pid, signal.SIGKILL)
-                    break
-            time.sleep(0.05)
-    finally:
-        if first.poll() is None:
-            first.kill()
-        _, err = first.communicate(timeout=60)
-    assert first.returncode == -signal.SIGKILL, err.decode()[-2000:]
-    state = json.loads(_state_files(root)[0].read_text())  # what the kill left
+    state = _kill_after(root, env, epochs_done=1)  # what the kill left
     done = state["epochs_done"]
     assert 1 <= done < 3 and state["run_id"]
     assert not (root / "data" / "model").exists()
@@ -229,7 +210,7 @@ def _kill_after(root: Path, env: dict[str, str], epochs_done: int) -> dict[str, 
         _, err = proc.communicate(timeout=60)
     assert proc.returncode == -signal.SIGKILL, err.decode()[-2000:]
     state: dict[str, Any] = json.loads(_state_files(root)[0].read_text())
-    assert state["epochs_done"] == epochs_done
+    assert state["epochs_done"] >= epochs_done
     return state
 
 
