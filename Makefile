@@ -14,11 +14,12 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 
 setup: $(STAMP)
 
-# --no-deps: the lock is complete (pip freeze), and tinysoundfont's declared pyaudio, which has
-# no Linux wheel and which rendering a WAV never imports, must not be built.
-$(STAMP): requirements.lock pyproject.toml
+# requirements-audio.txt goes in with --no-deps: tinysoundfont declares pyaudio, which has no
+# Linux wheel and which rendering a WAV never imports, so it must not be built.
+$(STAMP): requirements.lock requirements-audio.txt pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --disable-pip-version-check --no-deps -r requirements.lock
+	$(BIN)/python -m pip install -q --disable-pip-version-check -r requirements.lock
+	$(BIN)/python -m pip install -q --disable-pip-version-check --no-deps -r requirements-audio.txt
 	$(BIN)/python -m pip install -q --disable-pip-version-check --no-deps -e .
 	@touch $(STAMP)
 
@@ -44,7 +45,8 @@ bench: setup
 
 lock: setup
 	{ echo "# Full pin set for a reproducible install (pip freeze of a working environment, Python 3.11)."; \
-	  echo "# Regenerate with: make lock"; $(BIN)/python -m pip freeze --exclude-editable; } > requirements.lock
+	  echo "# Regenerate with: make lock"; \
+	  $(BIN)/python -m pip freeze --exclude-editable --exclude tinysoundfont; } > requirements.lock
 
 clean:
 	rm -rf $(VENV) .lakhflow
