@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic_core import ErrorDetails
 
 from pipelines.errors import ParamsError
+from pipelines.schema import HEADS
 
 PARAMS_FILE = "params.yaml"
 # A trained model's folder (data/model/, and the pyfunc's artifacts): the Keras model and the
@@ -194,9 +195,9 @@ class Train(Section):
     @field_validator("loss_weights")
     @classmethod
     def _loss_weights(cls, v: dict[str, float]) -> dict[str, float]:
-        unknown = set(v) - {"pitch", "step", "duration", "velocity"}
+        unknown = set(v) - set(HEADS)
         if unknown:
-            heads = "pitch, step, duration, velocity"
+            heads = ", ".join(HEADS)
             raise ValueError(f"unknown heads {sorted(unknown)}; heads are {heads}")
         if any(w < 0 for w in v.values()):
             raise ValueError("loss weights must be >= 0")
@@ -240,8 +241,8 @@ class Generate(Section):
         # uniform sampling already, so more is a typo
         if any(t > TEMPERATURE_MAX for t in values):
             raise ValueError(f"temperature must be <= {TEMPERATURE_MAX:g}")
-        if isinstance(v, dict) and not set(v) <= {"pitch", "step", "duration", "velocity"}:
-            raise ValueError("per-head temperature keys are pitch, step, duration, velocity")
+        if isinstance(v, dict) and not set(v) <= set(HEADS):
+            raise ValueError(f"per-head temperature keys are {', '.join(HEADS)}")
         return v
 
 

@@ -21,7 +21,7 @@ from matplotlib.patches import Rectangle
 DPI = 110
 
 
-def _save(fig: plt.Figure, path: Path, *, tight: bool = True) -> Path:
+def save_figure(fig: plt.Figure, path: Path, *, tight: bool = True) -> Path:
     """Save as PNG; `tight=False` for a figure whose margins are set (tight_layout draws the
     figure once more to measure it: a third of a simple chart's time)."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -73,7 +73,7 @@ def piano_roll(
     ax.set_xlabel("seconds")
     ax.set_ylabel("pitch (MIDI)")
     ax.set_title(title)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def histogram(
@@ -98,7 +98,7 @@ def histogram(
     ax.set_ylabel("notes")
     ax.set_title(title)
     fig.subplots_adjust(left=0.12, right=0.97, bottom=0.13, top=0.9)  # ticks up to 999,999
-    return _save(fig, path, tight=False)
+    return save_figure(fig, path, tight=False)
 
 
 def bar_counts(
@@ -112,4 +112,4 @@ def bar_counts(
     ax.barh(names, values, color="#4477aa")
     ax.set_xlabel(xlabel)
     ax.set_title(title)
-    return _save(fig, path)
+    return save_figure(fig, path)

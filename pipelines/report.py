@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from pipelines import music_metrics as mm
+from pipelines.plots import save_figure
 
 
 def plot_distributions(
@@ -52,7 +53,7 @@ def plot_distributions(
         ax.axis("off")
     axes.ravel()[0].legend(fontsize=7)
     fig.suptitle("Yang & Lerch: distance densities per feature (generated vs real)")
-    written.append(_save(fig, out / "yang_lerch.png"))
+    written.append(save_figure(fig, out / "yang_lerch.png"))
 
     metric_names = list(mm.MUSPY_METRICS)
     fig, axes = plt.subplots(2, math.ceil(len(metric_names) / 2), figsize=(16, 6), squeeze=False)
@@ -69,7 +70,7 @@ def plot_distributions(
     for ax in axes.ravel()[len(metric_names) :]:
         ax.axis("off")
     fig.suptitle("MusPy metrics per piece: generated vs real test excerpts")
-    written.append(_save(fig, out / "muspy_metrics.png"))
+    written.append(save_figure(fig, out / "muspy_metrics.png"))
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 3.5))
     every = np.concatenate([p.pitch for p in (*generated, *real)])
@@ -83,7 +84,7 @@ def plot_distributions(
     left.set_xlabel("pitch (MIDI)")
     right.set_xlabel("note length, log2 beats")
     left.legend()
-    written.append(_save(fig, out / "pitch_and_length.png"))
+    written.append(save_figure(fig, out / "pitch_and_length.png"))
 
     fig, ax = plt.subplots(figsize=(5, 3.2))
     ns = sorted(ngrams)
@@ -95,17 +96,8 @@ def plot_distributions(
     ax.set_ylabel("distinct / all (per piece)")
     ax.set_ylim(0, 1.05)
     ax.legend(fontsize=8)
-    written.append(_save(fig, out / "distinct_ngrams.png"))
+    written.append(save_figure(fig, out / "distinct_ngrams.png"))
     return written
-
-
-def _save(fig: Any, path: Path) -> Path:
-    import matplotlib.pyplot as plt
-
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
 
 
 def _cell(value: Any) -> str:
