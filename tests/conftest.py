@@ -119,6 +119,28 @@ def mlflow_uri(tmp_path: Path, mlflow_template: Path, monkeypatch: pytest.Monkey
     return uri
 
 
+# ---- MIDI files written event by event (midi, parse, note histograms)
+
+
+def make_midi(tracks: list[list[tuple[int, Any]]], tpb: int = 480) -> bytes:
+    """A type-1 MIDI file from (absolute tick, message) lists, one per track, kept in order."""
+    import io
+
+    import mido
+
+    file = mido.MidiFile(ticks_per_beat=tpb)
+    for events in tracks:
+        track = mido.MidiTrack()
+        last = 0
+        for tick, message in sorted(events, key=lambda e: e[0]):  # stable: same-tick order kept
+            track.append(message.copy(time=tick - last))
+            last = tick
+        file.tracks.append(track)
+    buffer = io.BytesIO()
+    file.save(file=buffer)
+    return buffer.getvalue()
+
+
 # ---- note tables made from MIDI, for the sequences stage and its readers (sequences helper)
 
 

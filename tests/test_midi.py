@@ -2,33 +2,18 @@
 
 from __future__ import annotations
 
-import io
 import random
 from pathlib import Path
 
 import mido
 import numpy as np
 import pytest
+from conftest import make_midi
 
 from pipelines import midi
 from pipelines.errors import LakhflowError
 
 PARSERS = ["symusic", "pretty_midi"]
-
-
-def make_midi(tracks: list[list[tuple[int, mido.Message | mido.MetaMessage]]], tpb: int = 480):
-    """A type-1 MIDI file from (absolute tick, message) lists, one per track, kept in order."""
-    file = mido.MidiFile(ticks_per_beat=tpb)
-    for events in tracks:
-        track = mido.MidiTrack()
-        last = 0
-        for tick, message in sorted(events, key=lambda e: e[0]):  # stable: same-tick order kept
-            track.append(message.copy(time=tick - last))
-            last = tick
-        file.tracks.append(track)
-    buffer = io.BytesIO()
-    file.save(file=buffer)
-    return buffer.getvalue()
 
 
 def on(tick: int, pitch: int, velocity: int = 64, channel: int = 0):

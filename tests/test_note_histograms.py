@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
-import io
 
 import mido
 import numpy as np
+from conftest import make_midi
 
 from pipelines import midi
 from pipelines.note_histograms import STEP_EDGES, NoteHistograms, program_names
@@ -14,7 +14,7 @@ from pipelines.note_histograms import STEP_EDGES, NoteHistograms, program_names
 
 def two_track_midi() -> bytes:
     """A piano line of eighths, quarters and a chord, and a bass of half notes (480 ticks/beat)."""
-    file = mido.MidiFile(ticks_per_beat=480)
+    tracks = []
     for channel, program, notes in [
         (0, 0, [(0, 60, 240), (240, 64, 480), (720, 67, 480), (720, 72, 960)]),
         (1, 33, [(0, 36, 960), (960, 43, 960)]),
@@ -26,14 +26,8 @@ def two_track_midi() -> bytes:
             )
             events.append((start + length, mido.Message("note_off", channel=channel, note=pitch)))
         events.sort(key=lambda e: (e[0], e[1].type == "note_on"))
-        track, last = mido.MidiTrack(), 0
-        for tick, message in events:
-            track.append(message.copy(time=tick - last))
-            last = tick
-        file.tracks.append(track)
-    out = io.BytesIO()
-    file.save(file=out)
-    return out.getvalue()
+        tracks.append(events)
+    return make_midi(tracks)
 
 
 def bin_of(beats: float) -> int:

@@ -15,7 +15,7 @@ import mido
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from conftest import another_hash_seed, folder_digests, make_project, run_cli, tool_env
+from conftest import another_hash_seed, folder_digests, make_midi, make_project, run_cli, tool_env
 from faulty_parsers import FaultyParser, worker_env
 
 from pipelines import config, parse, schema, workers
@@ -81,16 +81,7 @@ def multitrack_midi(seed: int) -> bytes:
 
 
 def tiny_midi(events: list[tuple[int, mido.Message | mido.MetaMessage]]) -> bytes:
-    file = mido.MidiFile(ticks_per_beat=480)
-    track = mido.MidiTrack()
-    last = 0
-    for tick, message in events:
-        track.append(message.copy(time=tick - last))
-        last = tick
-    file.tracks.append(track)
-    out = io.BytesIO()
-    file.save(file=out)
-    return out.getvalue()
+    return make_midi([events])
 
 
 def build_corpus() -> dict[str, bytes]:
