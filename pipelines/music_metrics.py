@@ -1,6 +1,8 @@
-"""Metrics of symbolic music, pure functions of note arrays: MusPy's per-piece metrics, Yang &
-Lerch's set comparison (intra/inter-set distances, KDE on one grid, overlap area, KL divergence),
-distinct n-gram ratios, and the longest run of notes a piece copies from a corpus.
+"""Metrics of symbolic music, pure functions of note arrays: MusPy's per-piece metrics on MusPy's
+own definitions, per-piece figures that tell music from a shuffled control (longest internal
+repeat, range, distinct pitches, scale fit) and the control itself, Yang & Lerch's set comparison
+(intra/inter-set distances, KDE on one grid, overlap area, KL divergence), distinct n-gram ratios,
+and the longest run of notes a piece copies from a corpus. DESCRIPTIONS says what each measures.
 """
 
 from __future__ import annotations
@@ -59,10 +61,40 @@ def scale(piece: Piece, seconds_per_beat: float) -> Piece:
 
 
 # --- MusPy's per-piece metrics -----------------------------------------------------------------
+# As MusPy (salu133445/muspy, muspy/metrics/metrics.py) computes them on a Music of one
+# non-drum track whose time 0 is the piece's time 0: times become integer steps of
+# `resolution` per beat, rounded as MusPy's `adjust_resolution` rounds them (Python's round,
+# half to even; a note's end is rounded, not its duration), and the piece lasts until the last
+# note's end (MusPy's `get_end_time`). The time-based ones use MusPy's default resolution, 24.
+
+RESOLUTION = 24  # time steps per beat: muspy.DEFAULT_RESOLUTION
+
+
+def _steps(piece: Piece, resolution: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each note's start and end in whole time steps (an end never before its start)."""
+    if len(piece) and piece.start.min() < 0:
+        msg = "a piece's notes must start at time 0 or later to be put on MusPy's time grid"
+        raise ValueError(msg)
+    start = np.rint(piece.start * resolution).astype(np.int64)
+    end = np.maximum(np.rint(piece.end * resolution).astype(np.int64), start)
+    return start, end
+
+
+def _piano_roll(piece: Piece, resolution: int) -> np.ndarray:
+    """MusPy's binary piano roll, [time steps, distinct pitches]: one row per step from 0 to the
+    last note's end; a pitch is on when any note of that pitch sounds (unisons count once)."""
+    start, end = _steps(piece, resolution)
+    length = int(end.max()) if len(piece) else 0
+    pitches, column = np.unique(piece.pitch, return_inverse=True)
+    change = np.zeros((length + 1, len(pitches)), dtype=np.int64)
+    np.add.at(change, (start, column), 1)
+    np.add.at(change, (end, column), -1)
+    return np.cumsum(change, axis=0)[:length] > 0
 
 
 def pitch_range(piece: Piece) -> float:
-    return float(piece.pitch.max() - piece.pitch.min()) if len(piece) else math.nan
+    """The highest pitch minus the lowest, in semitones (MusPy: 0 for a piece without notes)."""
+    return float(piece.pitch.max() - piece.pitch.min()) if len(piece) else 0.0
 
 
 def n_pitches_used(piece: Piece) -> float:
@@ -79,7 +111,8 @@ def _entropy(counts: np.ndarray) -> float:
     if total == 0:
         return math.nan
     p = counts[counts > 0] / total
-    return float(-(p * np.log2(p)).sum())
+    # + 0.0 turns the -0.0 of a single pitch into 0.0, which a report would print as "-0".
+    return float(-(p * np.log2(p)).sum()) + 0.0
 
 
 def pitch_entropy(piece: Piece) -> float:
@@ -102,59 +135,65 @@ def scale_consistency(piece: Piece) -> float:
     return best / len(piece)
 
 
-def _sounding(piece: Piece) -> tuple[np.ndarray, np.ndarray]:
-    """The piece's time cut at every onset and release: each segment's length and note count."""
-    keep = piece.end > piece.start
-    times = np.concatenate([piece.start[keep], piece.end[keep]])
-    deltas = np.concatenate([np.ones(keep.sum()), -np.ones(keep.sum())])
-    order = np.lexsort((deltas, times))  # releases before onsets at the same instant
-    times, deltas = times[order], deltas[order]
-    counts = np.cumsum(deltas)[:-1]
-    return np.diff(times), counts
+def polyphony(piece: Piece, resolution: int = RESOLUTION) -> float:
+    """The mean number of distinct pitches on, over the time steps where at least one is on
+    (MusPy's `polyphony`)."""
+    on = _piano_roll(piece, resolution).sum(axis=1)
+    sounding = np.count_nonzero(on)
+    return float(on.sum() / sounding) if sounding else math.nan
 
 
-def polyphony(piece: Piece) -> float:
-    """The mean number of notes sounding at once, over the time when at least one sounds (MusPy)."""
-    lengths, counts = _sounding(piece)
-    on = (counts > 0) & (lengths > 0)
-    total = lengths[on].sum()
-    return float((lengths[on] * counts[on]).sum() / total) if total > 0 else math.nan
+def polyphony_rate(piece: Piece, threshold: int = 2, resolution: int = RESOLUTION) -> float:
+    """The share of ALL time steps, from 0 to the last note's end, where more than `threshold`
+    distinct pitches are on (MusPy's `polyphony_rate`: with the default 2, three or more)."""
+    on = _piano_roll(piece, resolution).sum(axis=1)
+    return float(np.count_nonzero(on > threshold) / len(on)) if len(on) else math.nan
 
 
-def polyphony_rate(piece: Piece) -> float:
-    """The share of sounding time when two or more notes sound together (MusPy)."""
-    lengths, counts = _sounding(piece)
-    on = (counts > 0) & (lengths > 0)
-    total = lengths[on].sum()
-    return float(lengths[counts >= 2].sum() / total) if total > 0 else math.nan
+def empty_beat_rate(piece: Piece, resolution: int = RESOLUTION) -> float:
+    """The share of beats in which no note is played (MusPy's `empty_beat_rate`).
 
-
-def empty_beat_rate(piece: Piece) -> float:
-    """The share of beats, from the first onset to the last release, in which nothing sounds."""
-    if not len(piece):
+    Beats are `resolution` steps counted from time 0, and there are (last end // resolution) + 1
+    of them; a note fills every beat from its onset's to the one its end falls in, both
+    included, so a note ending exactly on a beat line fills the beat after it.
+    """
+    start, end = _steps(piece, resolution)
+    length = int(end.max()) if len(piece) else 0
+    if length < 1:
         return math.nan
-    first = math.floor(piece.start.min())
-    n_beats = max(math.ceil(piece.end.max()) - first, 1)
-    sounding = np.zeros(n_beats, dtype=bool)
-    for start, end in zip(piece.start - first, piece.end - first, strict=True):
-        lo = math.floor(start)
-        hi = max(math.ceil(end), lo + 1)  # a note shorter than a beat still fills its beat
-        sounding[lo:hi] = True
-    return float(1.0 - sounding.mean())
+    n_beats = length // resolution + 1
+    change = np.zeros(n_beats + 1, dtype=np.int64)
+    np.add.at(change, start // resolution, 1)
+    np.add.at(change, end // resolution + 1, -1)
+    filled = np.count_nonzero(np.cumsum(change)[:n_beats] > 0)
+    return 1.0 - filled / n_beats
 
 
-def groove_consistency(piece: Piece, beats_per_measure: int = 4, grid: int = 12) -> float:
-    """1 minus the mean Hamming distance of neighbouring measures' onset patterns (MusPy)."""
-    if not len(piece):
+def onset_pattern_consistency(
+    piece: Piece, beats_per_measure: int = 4, resolution: int = RESOLUTION
+) -> float:
+    """MusPy's groove-consistency formula on windows of one measure's length counted from the
+    piece's time 0: 1 minus the mean Hamming distance between the onset patterns of neighbouring
+    windows, per step (NaN with fewer than two windows).
+
+    Not called groove consistency: MusPy means real bars, and an excerpt that starts at any note
+    has none, so its windows straddle the bar lines wherever the excerpt happened to begin.
+    Windows are `beats_per_measure * resolution` steps (MusPy's `measure_resolution`); there are
+    (last end // that) + 1 of them, so a piece ending on a window line gets an empty last one.
+    """
+    window = beats_per_measure * resolution
+    if window < 1:
+        msg = "a measure must be at least one time step long"
+        raise ValueError(msg)
+    start, end = _steps(piece, resolution)
+    length = int(end.max()) if len(piece) else 0
+    n_windows = length // window + 1
+    if n_windows < 2:
         return math.nan
-    slots = beats_per_measure * grid
-    positions = np.round((piece.start - math.floor(piece.start.min())) * grid).astype(np.int64)
-    n_measures = int(positions.max() // slots) + 1
-    if n_measures < 2:
-        return math.nan
-    pattern = np.zeros((n_measures, slots), dtype=bool)
-    pattern[positions // slots, positions % slots] = True
-    return float(1.0 - np.mean(pattern[1:] != pattern[:-1]))
+    pattern = np.zeros((n_windows, window), dtype=bool)
+    pattern[start // window, start % window] = True
+    distance = np.count_nonzero(pattern[1:] != pattern[:-1])
+    return 1.0 - distance / (window * (n_windows - 1))
 
 
 MUSPY_METRICS = {
@@ -167,7 +206,7 @@ MUSPY_METRICS = {
     "pitch_entropy": pitch_entropy,
     "pitch_class_entropy": pitch_class_entropy,
     "empty_beat_rate": empty_beat_rate,
-    "groove_consistency": groove_consistency,
+    "onset_pattern_consistency": onset_pattern_consistency,
 }
 
 
@@ -184,6 +223,49 @@ def mean_metrics(pieces: Sequence[Piece]) -> dict[str, float]:
         column = column[np.isfinite(column)]
         out[name] = float(column.mean()) if len(column) else math.nan
     return out
+
+
+# --- Figures that tell music from music-shaped noise --------------------------------------------
+
+
+def longest_repeat(piece: Piece) -> float:
+    """The length in notes of the longest run of consecutive pitches (exact, not transposed)
+    that occurs at least twice in the piece with the two occurrences not overlapping.
+
+    Two occurrences `d` notes apart agree where pitch[i] == pitch[i + d] for a run of positions;
+    they do not overlap when the run is at most `d` long, so each shift gives min(run, d).
+    """
+    pitch = piece.pitch
+    n = len(pitch)
+    if n < 2:
+        return 0.0
+    shift = np.arange(1, n)[:, None]
+    later = np.arange(n)[None, :] + shift  # [shift, position]: the note `shift` notes later
+    same = (later < n) & (pitch[None, :] == pitch[np.minimum(later, n - 1)])
+    padded = np.zeros((n - 1, n + 2), dtype=np.int8)
+    padded[:, 1:-1] = same
+    edges = np.diff(padded, axis=1)
+    rows, run_start = np.nonzero(edges == 1)  # row-major order pairs each start with its end
+    _, run_end = np.nonzero(edges == -1)
+    if not len(rows):
+        return 0.0
+    return float(np.minimum(run_end - run_start, rows + 1).max())
+
+
+def shuffled(piece: Piece, rng: np.random.Generator) -> Piece:
+    """The shuffled control: the piece's pitches randomly permuted among its notes, each note's
+    start and end kept (its rhythm is the piece's; its melody is noise)."""
+    pitch = rng.permutation(piece.pitch)
+    order = np.lexsort((pitch, piece.start))  # keeps the order by start, then pitch
+    return Piece(pitch[order], piece.start[order], piece.end[order])
+
+
+PIECE_FIGURES = {
+    "longest_repeat": longest_repeat,
+    "pitch_range": pitch_range,
+    "n_pitches_used": n_pitches_used,
+    "scale_consistency": scale_consistency,
+}
 
 
 # --- Yang & Lerch (2018): features, distances, densities -------------------------------------
@@ -229,6 +311,40 @@ FEATURES = {
     "average_pitch_interval": lambda p: np.array([average_pitch_interval(p)]),
     "average_inter_onset_interval": lambda p: np.array([average_inter_onset_interval(p)]),
     "note_length_histogram": note_length_histogram,
+}
+
+# What each figure measures, in plain words, for the HTML report.
+DESCRIPTIONS = {
+    "pitch_range": "The distance in semitones between the piece's highest and lowest note.",
+    "n_pitches_used": "How many different pitches the piece uses.",
+    "n_pitch_classes_used": "How many of the 12 note names (C, C#, ..., B, in any octave) "
+    "the piece uses.",
+    "polyphony": "How many different pitches sound at once on average, counted only while "
+    "something sounds.",
+    "polyphony_rate": "The share of the piece's time in which three or more different pitches "
+    "sound together.",
+    "scale_consistency": "The share of notes that belong to the one major or natural-minor scale "
+    "that fits the piece best.",
+    "pitch_entropy": "How evenly the notes are spread over the pitches, in bits (0 when every note "
+    "has the same pitch).",
+    "pitch_class_entropy": "How evenly the notes are spread over the 12 note names, in bits "
+    "(0 for one name, 3.58 for all twelve equally often).",
+    "empty_beat_rate": "The share of beats in which no note is played.",
+    "onset_pattern_consistency": "How alike the rhythms (where notes start) of neighbouring "
+    "four-beat stretches are, from 0 to 1 (1 when every stretch repeats the one before).",
+    "longest_repeat": "The length in notes of the longest run of pitches that the piece plays "
+    "twice, the two times not overlapping.",
+    "pitch_count": "How many different pitches a piece uses.",
+    "pitch_class_histogram": "How often each of the 12 note names occurs, as shares of the "
+    "piece's notes.",
+    "pitch_class_transitions": "How often each note name is followed by each other note name, "
+    "as shares of the piece's steps from note to note.",
+    "average_pitch_interval": "The average size in semitones of the jump from one note to the "
+    "next.",
+    "average_inter_onset_interval": "The average time in beats from one note or chord starting "
+    "to the next one starting.",
+    "note_length_histogram": "How often notes of each standard length occur (whole to "
+    "sixteenth, dotted and triplet), as shares of the piece's notes.",
 }
 
 
