@@ -72,10 +72,10 @@ RESOLUTION = 24  # time steps per beat: muspy.DEFAULT_RESOLUTION
 
 def _steps(piece: Piece, resolution: int) -> tuple[np.ndarray, np.ndarray]:
     """Each note's start and end in whole time steps (an end never before its start)."""
-    if len(piece) and piece.start.min() < 0:
+    start = np.rint(piece.start * resolution).astype(np.int64)
+    if len(start) and start.min() < 0:  # MusPy's time steps count from 0
         msg = "a piece's notes must start at time 0 or later to be put on MusPy's time grid"
         raise ValueError(msg)
-    start = np.rint(piece.start * resolution).astype(np.int64)
     end = np.maximum(np.rint(piece.end * resolution).astype(np.int64), start)
     return start, end
 

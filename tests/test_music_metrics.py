@@ -122,6 +122,13 @@ def test_empty_piece_follows_muspy() -> None:
         assert math.isnan(mm.MUSPY_METRICS[name](empty))
 
 
+def test_time_grid_starts_at_zero() -> None:
+    # A rounding error below half a step still lands on step 0; a note before 0 has no step.
+    assert mm.polyphony(mm.Piece([60], [-1e-9], [1.0])) == 1.0
+    with pytest.raises(ValueError, match="time 0"):
+        mm.polyphony(mm.Piece([60], [-1.0], [1.0]))
+
+
 def test_entropy_of_one_pitch_is_plus_zero() -> None:
     value = mm.pitch_entropy(scale_piece([60, 60, 60]))
     assert value == 0.0
