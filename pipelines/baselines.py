@@ -28,13 +28,18 @@ class TokenCounts:
         self.unigram = np.zeros(self.vocab, dtype=np.int64)
         self.bigram = np.zeros((self.vocab, self.vocab), dtype=np.int64)
 
-    def add(self, tokens: np.ndarray) -> None:
-        """Count one track (or chunk) of tokens; bigrams never cross from one track to another."""
+    def add(self, tokens: np.ndarray, seen: int = 0) -> None:
+        """Count one track (or chunk) of tokens; bigrams never cross from one track to another.
+
+        `seen`: how many leading tokens were counted already (a chunk's overlap with the chunk
+        before it): they count only as the first note of the bigram that leaves them.
+        """
         tokens = np.asarray(tokens, dtype=np.int64)
         if tokens.size and (tokens.min() < 0 or tokens.max() >= self.vocab):
             msg = f"tokens must lie in 0..{self.vocab - 1}"
             raise ValueError(msg)
-        self.unigram += np.bincount(tokens, minlength=self.vocab)
+        self.unigram += np.bincount(tokens[seen:], minlength=self.vocab)
+        tokens = tokens[max(seen - 1, 0) :]
         if len(tokens) > 1:
             pairs = tokens[:-1] * self.vocab + tokens[1:]
             self.bigram += np.bincount(pairs, minlength=self.vocab**2).reshape(

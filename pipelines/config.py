@@ -252,6 +252,10 @@ class Evaluate(Section):
     ngrams: list[int] = Field(default_factory=lambda: [2, 4, 8], min_length=1)
     copy_threshold: int = Field(16, ge=2)
     max_test_windows: int = Field(20_000, ge=1)
+    # every set compared (the model's pieces, the reference, the real and shuffled controls)
+    # holds this many pieces: Yang & Lerch's figures move with the set size
+    set_size: int = Field(32, ge=2, le=4096)
+    draws: int = Field(10, ge=1, le=1000)  # reference draws averaged over (mean and spread)
 
     @field_validator("ngrams")
     @classmethod
@@ -432,6 +436,10 @@ class Paths:
     @property
     def eval_metrics(self) -> Path:
         return self.metrics / "eval.json"
+
+    @property
+    def headline(self) -> Path:
+        return self.metrics / "headline.json"
 
     @property
     def promotion(self) -> Path:

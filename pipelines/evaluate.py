@@ -16,12 +16,13 @@ from typing import Any
 import numpy as np
 
 from pipelines import baselines as bl
+from pipelines import controls, registry, storage, tracking
 from pipelines import music_metrics as mm
-from pipelines import registry, storage, tracking
 from pipelines.config import MODEL_FILE, Config
+from pipelines.controls import Track
 from pipelines.errors import LakhflowError
 from pipelines.midi import read_midi_notes
-from pipelines.report import plot_distributions, report_html
+from pipelines.report import plot_evaluation, report_html
 from pipelines.schema import BINNED_HEADS, HEADS, classes_of, n_classes
 
 log = logging.getLogger(__name__)
@@ -155,6 +156,10 @@ class TestScores:
     windows: int
     previous: dict[str, np.ndarray] = field(default_factory=dict)
     targets: dict[str, np.ndarray] = field(default_factory=dict)
+    # the pitch of each window's last note only, predicted from the whole window before it
+    full_context: dict[str, float] = field(default_factory=dict)
+    previous_last: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))
+    targets_last: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))
 
 
 def score_model(cfg: Config, inputs: Inputs) -> TestScores:
@@ -166,8 +171,10 @@ def score_model(cfg: Config, inputs: Inputs) -> TestScores:
     model = load_model(inputs.model_dir / MODEL_FILE, compile=False)
     heads = "categorical"
     tallies = {head: HeadTally() for head in HEADS}
+    full = HeadTally()
     previous: dict[str, list[np.ndarray]] = {head: [] for head in HEADS}
     targets: dict[str, list[np.ndarray]] = {head: [] for head in HEADS}
+    last: tuple[list[np.ndarray], list[np.ndarray]] = ([], [])
     n_windows = 0
     for batch in test_batches(cfg, manifest):
         n_windows += len(batch["pitch"])
@@ -177,6 +184,10 @@ def score_model(cfg: Config, inputs: Inputs) -> TestScores:
         heads = "regression" if outputs["pitch"].ndim == 2 else "categorical"
         _, y = split_window(batch, manifest, heads)
         tokens = tokens_of(batch, manifest)
+        last[0].append(tokens["pitch"][:, -2])
+        last[1].append(tokens["pitch"][:, -1])
+        pitch_logits = outputs["pitch"] if heads == "regression" else outputs["pitch"][:, -1]
+        full.add_logits(pitch_logits, tokens["pitch"][:, -1])
         for head in HEADS:
             if heads == "regression":
                 previous[head].append(tokens[head][:, -2])
@@ -200,7 +211,16 @@ def score_model(cfg: Config, inputs: Inputs) -> TestScores:
         windows=n_windows,
         previous={h: np.concatenate(v) for h, v in previous.items()},
         targets={h: np.concatenate(v) for h, v in targets.items()},
+        full_context=full.result("nll"),
+        previous_last=np.concatenate(last[0]),
+        targets_last=np.concatenate(last[1]),
     )
+
+
+def chunk_overlap(manifest: Mapping[str, Any]) -> int:
+    """The notes a chunk shares with the chunk before it in its track (every chunk but a
+    track's first): seq_length, so that every window lies whole in one chunk."""
+    return int(manifest["seq_length"])
 
 
 def fit_baselines(cfg: Config, manifest: Mapping[str, Any]) -> dict[str, bl.Baselines]:
@@ -210,11 +230,13 @@ def fit_baselines(cfg: Config, manifest: Mapping[str, Any]) -> dict[str, bl.Base
     fitted = {}
     train = {h: bl.TokenCounts(n_classes(manifest, h)) for h in HEADS}
     val = {h: bl.TokenCounts(n_classes(manifest, h)) for h in HEADS}
+    overlap = chunk_overlap(manifest)
     for split, counts in (("train", train), ("val", val)):
         for chunk in chunks(cfg.paths.shards, split):
             tokens = tokens_of(chunk, manifest)
+            seen = overlap if chunk["offset"] > 0 else 0  # counted with the chunk before
             for head in HEADS:
-                counts[head].add(tokens[head])
+                counts[head].add(tokens[head], seen=seen)
     for head in HEADS:
         if train[head].unigram.sum() == 0:
             raise LakhflowError("the train split holds no notes to fit the baselines on")
@@ -225,10 +247,14 @@ def fit_baselines(cfg: Config, manifest: Mapping[str, Any]) -> dict[str, bl.Base
 def score_baselines(
     fitted: Mapping[str, bl.Baselines], scores: TestScores
 ) -> dict[str, dict[str, Any]]:
+    """Each head's unigram and bigram on the model's targets; for pitch also on the windows'
+    last notes only (`bigram_full_context`), the targets of the model's full-context score."""
     out: dict[str, dict[str, Any]] = {}
     for head, model in fitted.items():
         result = model.score(scores.previous[head], scores.targets[head])
         out[head] = {name: s.as_dict() for name, s in result.items()} | {"k": model.k}
+    last = fitted["pitch"].score(scores.previous_last, scores.targets_last)["bigram"]
+    out["pitch"]["bigram_full_context"] = last.as_dict()
     return out
 
 
@@ -287,68 +313,29 @@ def generated_continuations(cfg: Config, inputs: Inputs) -> dict[str, mm.Piece]:
     return out
 
 
-@dataclass(frozen=True)
-class Track:
-    """One test track's notes, joined from its chunks."""
-
-    file_id: str
-    track: int
-    notes: dict[str, np.ndarray]
-
-
 def split_tracks(cfg: Config, split: str) -> list[Track]:
-    """The split's tracks, each joined from its consecutive chunks (contiguous offsets)."""
+    """The split's tracks, each joined from its chunks (read in shuffled shard order)."""
     from pipelines.dataset import chunks
 
-    tracks: list[Track] = []
-    parts: dict[str, list[np.ndarray]] = {}
-    key: tuple[str, int, int] | None = None  # file_id, track, next offset
-
-    def close() -> None:
-        if key is not None and parts["pitch"]:
-            joined = {name: np.concatenate(arrays) for name, arrays in parts.items()}
-            tracks.append(Track(key[0], key[1], joined))
-
+    found: dict[tuple[str, int], list[tuple[int, dict[str, np.ndarray]]]] = {}
     for chunk in chunks(cfg.paths.shards, split):
-        length = len(chunk["pitch"])
-        if key is None or (chunk["file_id"], chunk["track"], chunk["offset"]) != key:
-            close()
-            parts = {name: [] for name in ("pitch", "step", "duration")}
-        for name in parts:
-            parts[name].append(np.asarray(chunk[name]))
-        key = (chunk["file_id"], chunk["track"], chunk["offset"] + length)
-    close()
-    return tracks
+        notes = {name: np.asarray(chunk[name]) for name in ("pitch", "step", "duration")}
+        found.setdefault((chunk["file_id"], chunk["track"]), []).append((chunk["offset"], notes))
+    return [Track(f, t, join_chunks(parts)) for (f, t), parts in sorted(found.items())]
 
 
-def real_excerpts(
-    tracks: Sequence[Track], lengths: Sequence[int], seed: int, spb: float
-) -> tuple[list[mm.Piece], list[int]]:
-    """One excerpt per wanted length from random test tracks (seeded), as long as the longest
-    track allows; returns the excerpts and the lengths they got."""
-    if not tracks:
-        raise LakhflowError("the test split holds no tracks to take real excerpts from")
-    rng = np.random.default_rng(seed)
-    longest = max(len(t.notes["pitch"]) for t in tracks)
-    excerpts, got = [], []
-    used: set[int] = set()
-    for wanted in lengths:
-        n = min(wanted, longest)
-        fits = [i for i, t in enumerate(tracks) if len(t.notes["pitch"]) >= n]
-        fresh = [i for i in fits if i not in used] or fits  # other tracks first, then reuse
-        i = int(rng.choice(fresh))
-        used.add(i)
-        notes = tracks[i].notes
-        first = int(rng.integers(0, len(notes["pitch"]) - n + 1))
-        cut = slice(first, first + n)
-        piece = mm.Piece.from_steps(notes["pitch"][cut], notes["step"][cut], notes["duration"][cut])
-        excerpts.append(mm.Piece(piece.pitch, piece.start / spb, piece.end / spb))
-        got.append(n)
-    return excerpts, got
-
-
-def cut(piece: mm.Piece, n: int) -> mm.Piece:
-    return mm.Piece(piece.pitch[:n], piece.start[:n], piece.end[:n])
+def join_chunks(parts: Sequence[tuple[int, Mapping[str, np.ndarray]]]) -> dict[str, np.ndarray]:
+    """One track's notes from its chunks (offset, notes): in offset order, and the notes a
+    chunk shares with the one before it taken once."""
+    joined: dict[str, list[np.ndarray]] = {name: [] for name in parts[0][1]}
+    end = 0  # the track's notes taken so far
+    for offset, notes in sorted(parts, key=lambda part: part[0]):
+        if offset > end:
+            raise LakhflowError(f"a track's chunks leave notes {end}..{offset - 1} out")
+        for name, values in notes.items():
+            joined[name].append(np.asarray(values)[end - offset :])
+        end = max(end, offset + len(notes["pitch"]))
+    return {name: np.concatenate(values) for name, values in joined.items()}
 
 
 # --------------------------------------------------------------------------- copying
@@ -490,49 +477,6 @@ def _finite(x: float) -> float | None:
     return float(x) if math.isfinite(x) else None
 
 
-def compare_music(
-    generated: Mapping[str, mm.Piece],
-    tracks: Sequence[Track],
-    *,
-    seed: int,
-    spb: float,
-    kde_points: int,
-    ngrams: Sequence[int],
-) -> tuple[dict[str, Any], dict[str, mm.FeatureComparison], list[mm.Piece], list[mm.Piece]]:
-    """Generated continuations vs real excerpts of the same lengths from `tracks` (seeded):
-    MusPy means, Yang & Lerch per feature, distinct n-grams. Returns the figures, the feature
-    comparisons, and the generated and real pieces compared."""
-    names = list(generated)
-    real, got = real_excerpts(tracks, [len(generated[n]) for n in names], seed, spb)
-    # Where no test track is as long as a continuation, compare equal lengths all the same.
-    gen = [cut(generated[n], k) for n, k in zip(names, got, strict=True)]
-
-    muspy = {"generated": mm.mean_metrics(gen), "real": mm.mean_metrics(real)}
-    comparisons = mm.yang_lerch(mm.feature_table(gen), mm.feature_table(real), points=kde_points)
-    distinct = {}
-    for n in ngrams:
-        g_piece, g_pool = mm.distinct_ngram_ratio([p.pitch for p in gen], n)
-        r_piece, r_pool = mm.distinct_ngram_ratio([p.pitch for p in real], n)
-        distinct[n] = {
-            "generated": g_piece,
-            "real": r_piece,
-            "generated_pooled": g_pool,
-            "real_pooled": r_pool,
-        }
-    summaries = {name: c.summary for name, c in comparisons.items()}
-    music = {
-        "generated_pieces": len(gen),
-        "real_excerpts": len(real),
-        "excerpt_notes": sorted(set(got)),
-        "muspy": muspy,
-        "yang_lerch": summaries,
-        "mean_overlap_area": float(np.mean([s["overlap_area"] for s in summaries.values()])),
-        "mean_kl_divergence": float(np.mean([s["kl_divergence"] for s in summaries.values()])),
-        "distinct_ngrams": {str(n): v for n, v in distinct.items()},
-    }
-    return music, comparisons, gen, real
-
-
 def copying_summary(
     names: Sequence[str],
     generated: Sequence[mm.Piece],
@@ -573,47 +517,99 @@ def copying_summary(
     }
 
 
+# The figures of each set compared (model, real, shuffled) that eval.json carries flat.
+FLAT_FIGURES = ("overlap", "kl", "longest_repeat", "pitch_range", "n_pitches_used",
+                "scale_consistency")  # fmt: skip
+# What `dvc metrics show/diff` reads (data/metrics/headline.json): at most 12 figures.
+HEADLINE = (
+    "pitch_nll",
+    "pitch_nll_full_context",
+    "pitch_nll_ratio_to_bigram",
+    "overlap",
+    "overlap_real",
+    "overlap_shuffled",
+    "overlap_ratio",
+    "beats_shuffled",
+    "longest_repeat",
+    "longest_repeat_real",
+    "pitch_range",
+    "max_copied_run",
+)
+
+
+def music_figures(sets: Mapping[str, Mapping[str, Mapping[str, float]]]) -> dict[str, Any]:
+    """The flat figures of the model and both controls, the ratio to real and beats_shuffled."""
+    out: dict[str, Any] = {}
+    for figure in FLAT_FIGURES:
+        for name in controls.SETS:
+            suffix = "" if name == "model" else f"_{name}"
+            out[f"{figure}{suffix}"] = sets[name][figure]["mean"]
+            if figure == "overlap":
+                out[f"overlap{suffix}_std"] = sets[name][figure]["std"]
+    out["overlap_ratio"] = out["overlap"] / out["overlap_real"]
+    out["beats_shuffled"] = controls.beats_shuffled(sets["model"]["overlap"],
+                                                    sets["shuffled"]["overlap"])  # fmt: skip
+    return out
+
+
 def run(cfg: Config) -> dict[str, Any]:
     tracking.check(cfg.paths)  # an unreachable server fails now, not after the scoring
     inputs = read_inputs(cfg)
     manifest = inputs.manifest
+    e = cfg.evaluate
     log.info("scoring the model on the test split ...")
     scores = score_model(cfg, inputs)
     fitted = fit_baselines(cfg, manifest)
     base = score_baselines(fitted, scores)
-    log.info("comparing generated and real music ...")
-    threshold = cfg.evaluate.copy_threshold
+    log.info("comparing generated music with real excerpts and the controls ...")
     generated = generated_continuations(cfg, inputs)
-    music, comparisons, gen, real = compare_music(
-        generated,
-        split_tracks(cfg, "test"),
-        seed=cfg.evaluate.seed,
-        spb=seconds_per_beat(manifest),
-        kde_points=cfg.evaluate.kde_points,
-        ngrams=cfg.evaluate.ngrams,
-    )
-    anchor = copy_anchor(training_notes(cfg), threshold)
-    copies = find_copies([p.pitch for p in (*gen, *real)], train_tracks(cfg), anchor=anchor)
-    music["copying"] = copying_summary(list(generated), gen, copies, file_paths(cfg), threshold)
+    names = list(generated)
+    continuations = [generated[n] for n in names]
+    try:
+        judged = controls.judge(
+            continuations, split_tracks(cfg, "test"),
+            set_size=e.set_size, draws=e.draws, seed=e.seed,
+            seconds_per_beat=seconds_per_beat(manifest), kde_points=e.kde_points, ngrams=e.ngrams,
+        )  # fmt: skip
+    except ValueError as exc:
+        raise LakhflowError(str(exc)) from None
+    music: dict[str, Any] = dict(judged.summary)
+    if music["set_size"] < e.set_size:
+        log.warning(
+            "sets of %d pieces, not evaluate.set_size=%d: %d generated pieces, and the test "
+            "split holds %d excerpts of %d notes; generate.count=%d compares full sets",
+            music["set_size"], e.set_size, len(names), music["test_excerpts"],
+            music["eval_notes"], e.set_size,
+        )  # fmt: skip
+    anchor = copy_anchor(training_notes(cfg), e.copy_threshold)
+    queries = [p.pitch for p in (*continuations, *judged.first.reference)]
+    copies = find_copies(queries, train_tracks(cfg), anchor=anchor)
+    music["copying"] = copying_summary(names, continuations, copies, file_paths(cfg),
+                                       e.copy_threshold)  # fmt: skip
 
     pitch = scores.model["pitch"]
     bigram = base["pitch"]["bigram"]
+    sets = music["sets"]
     result: dict[str, Any] = {
         "model_name": inputs.run_info.get("model_name", cfg.train.model_name),
         "model_version": str(inputs.run_info.get("model_version", "")),
         "heads": scores.heads,
         "pitch_nll": pitch["nll"],
         "pitch_accuracy": pitch["accuracy"],
+        "pitch_nll_full_context": scores.full_context["nll"],
         "unigram_pitch_nll": base["pitch"]["unigram"]["nll"],
         "bigram_pitch_nll": bigram["nll"],
         "bigram_pitch_accuracy": bigram["accuracy"],
+        "bigram_pitch_nll_full_context": base["pitch"]["bigram_full_context"]["nll"],
         "pitch_nll_ratio_to_bigram": pitch["nll"] / bigram["nll"],
-        "mean_overlap_area": music["mean_overlap_area"],
-        "mean_kl_divergence": music["mean_kl_divergence"],
+        **music_figures(sets),
         "max_copied_run": music["copying"]["max_generated"],
         "max_copied_run_transposed": music["copying"]["max_generated_transposed"],
         "max_copied_run_real": music["copying"]["max_real"],
         "pieces_copying": music["copying"]["pieces_copying"],
+        "eval_notes": music["eval_notes"],
+        "set_size": music["set_size"],
+        "draws": music["draws"],
         "test_windows": scores.windows,
         "source": str(manifest.get("source", "")),
         "splits_sha256": str(manifest.get("splits_sha256", "")),
@@ -621,32 +617,36 @@ def run(cfg: Config) -> dict[str, Any]:
     for head, s in scores.model.items():
         if head != "pitch":
             result |= {f"{head}_{k}": v for k, v in s.items() if k != "count"}
-    for n, ratios in music["distinct_ngrams"].items():
-        result[f"distinct_{n}grams_generated"] = ratios["generated"]
-        result[f"distinct_{n}grams_real"] = ratios["real"]
-    result["model"] = {"heads_kind": scores.heads, "windows": scores.windows, "heads": scores.model}
+    result["model"] = {"heads_kind": scores.heads, "windows": scores.windows, "heads": scores.model,
+                       "pitch_full_context": scores.full_context}  # fmt: skip
     result["baselines"] = base
     result["music"] = music
 
     out = cfg.paths.evaluation
     with storage.atomic_dir(out, "evaluate") as tmp:
-        pictures = plot_distributions(
-            comparisons, gen, real,
-            {int(n): v for n, v in music["distinct_ngrams"].items()}, tmp / "plots",
-        )  # fmt: skip
+        pictures = plot_evaluation(judged.first, sets, tmp / "plots")
         (tmp / cfg.paths.report.name).write_text(report_html(result, pictures))
     eval_json = cfg.paths.eval_metrics
     storage.write_json(eval_json, _json_safe(result))
-    files = [eval_json, cfg.paths.report, *sorted((out / "plots").glob("*.png"))]
+    storage.write_json(cfg.paths.headline, _json_safe({k: result[k] for k in HEADLINE}))
+    files = [eval_json, cfg.paths.headline, cfg.paths.report,
+             *sorted((out / "plots").glob("*.png"))]  # fmt: skip
     log_to_mlflow(cfg, inputs, result, files)
     log.info(
-        "Evaluated %s version %s on %d test windows: pitch NLL %.3f (bigram %.3f, ratio %.2f); "
-        "generated vs real mean overlap area %.2f; longest copied run %d notes (real excerpts %d). "
-        "Wrote %s, %s and tagged the registered version.",
+        "Evaluated %s version %s on %d test windows: pitch NLL %.3f (bigram %.3f, ratio %.2f; "
+        "full context %.3f, bigram %.3f). Sets of %d pieces of %d notes over %d draws: overlap "
+        "with real %.3f +- %.3f; real vs real %.3f +- %.3f; shuffled %.3f +- %.3f; ratio %.2f, "
+        "%s the shuffled control. Longest copied run %d notes (real excerpts %d). Wrote %s, %s, "
+        "%s and tagged the registered version.",
         result["model_name"], result["model_version"], scores.windows, result["pitch_nll"],
         result["bigram_pitch_nll"], result["pitch_nll_ratio_to_bigram"],
-        result["mean_overlap_area"], result["max_copied_run"], result["max_copied_run_real"],
-        eval_json, cfg.paths.report,
+        result["pitch_nll_full_context"], result["bigram_pitch_nll_full_context"],
+        result["set_size"], result["eval_notes"], result["draws"],
+        result["overlap"], result["overlap_std"], result["overlap_real"],
+        result["overlap_real_std"], result["overlap_shuffled"], result["overlap_shuffled_std"],
+        result["overlap_ratio"], "beats" if result["beats_shuffled"] else "does NOT beat",
+        result["max_copied_run"], result["max_copied_run_real"],
+        eval_json, cfg.paths.headline, cfg.paths.report,
     )  # fmt: skip
     return {k: v for k, v in result.items() if not isinstance(v, dict)}
 

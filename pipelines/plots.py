@@ -45,27 +45,8 @@ def piano_roll(
 
     `primer_end` shades the primer, so the generated continuation stands apart from it.
     """
-    pitch = np.asarray(pitch, dtype=np.float64)
-    start = np.asarray(start, dtype=np.float64)
-    end = np.asarray(end, dtype=np.float64)
     fig, ax = plt.subplots(figsize=(10, 4))
-    if len(pitch):
-        # Zero-length notes still get a sliver so they show.
-        width = np.maximum(end - start, (end.max() - start.min()) * 1e-3 + 1e-9)
-        bars = [
-            Rectangle((s, p - 0.4), w, 0.8) for s, p, w in zip(start, pitch, width, strict=True)
-        ]
-        shade = (
-            np.asarray(velocity, dtype=np.float64) / 127.0
-            if velocity is not None
-            else np.full(len(pitch), 0.8)
-        )
-        collection = PatchCollection(bars, cmap="Blues", edgecolor="none")
-        collection.set_array(0.25 + 0.75 * shade)
-        collection.set_clim(0.0, 1.0)
-        ax.add_collection(collection)
-        ax.set_xlim(start.min(), max(end.max(), start.min() + 1e-6))
-        ax.set_ylim(pitch.min() - 2, pitch.max() + 2)
+    draw_notes(ax, pitch, start, end, velocity)
     if primer_end is not None:
         ax.axvspan(ax.get_xlim()[0], primer_end, color="0.9", zorder=0, label="primer")
         ax.axvline(primer_end, color="0.4", linestyle="--", linewidth=1)
@@ -74,6 +55,36 @@ def piano_roll(
     ax.set_ylabel("pitch (MIDI)")
     ax.set_title(title)
     return save_figure(fig, path)
+
+
+def draw_notes(
+    ax: plt.Axes,
+    pitch: np.ndarray,
+    start: np.ndarray,
+    end: np.ndarray,
+    velocity: np.ndarray | None = None,
+    cmap: str = "Blues",
+) -> None:
+    """A piano roll's bars on one axes (one picture may hold several rolls)."""
+    pitch = np.asarray(pitch, dtype=np.float64)
+    start = np.asarray(start, dtype=np.float64)
+    end = np.asarray(end, dtype=np.float64)
+    if not len(pitch):
+        return
+    # Zero-length notes still get a sliver so they show.
+    width = np.maximum(end - start, (end.max() - start.min()) * 1e-3 + 1e-9)
+    bars = [Rectangle((s, p - 0.4), w, 0.8) for s, p, w in zip(start, pitch, width, strict=True)]
+    shade = (
+        np.asarray(velocity, dtype=np.float64) / 127.0
+        if velocity is not None
+        else np.full(len(pitch), 0.8)
+    )
+    collection = PatchCollection(bars, cmap=cmap, edgecolor="none")
+    collection.set_array(0.25 + 0.75 * shade)
+    collection.set_clim(0.0, 1.0)
+    ax.add_collection(collection)
+    ax.set_xlim(start.min(), max(end.max(), start.min() + 1e-6))
+    ax.set_ylim(pitch.min() - 2, pitch.max() + 2)
 
 
 def histogram(

@@ -27,7 +27,7 @@ class Standing:
 
     version: str
     pitch_nll: float
-    mean_overlap_area: float
+    overlap_ratio: float
     splits_sha256: str
     source: str
 
@@ -42,7 +42,7 @@ class Standing:
         return cls(
             version=version,
             pitch_nll=number("pitch_nll"),
-            mean_overlap_area=number("mean_overlap_area"),
+            overlap_ratio=number("overlap_ratio"),
             splits_sha256=tags.get("splits_sha256", ""),
             source=tags.get("source", ""),
         )
@@ -60,7 +60,8 @@ class Decision:
 
 
 def decide(candidate: Standing, champion: Standing | None, params: Promote) -> Decision:
-    """Pitch NLL first (lower by more than `min_improvement`), mean overlap area breaks a tie."""
+    """Pitch NLL first (lower by more than `min_improvement`); the overlap ratio (the model's
+    overlap with real music over real vs real's) breaks a tie."""
     if champion is None:
         return Decision(True, "promoted", "there is no champion yet")
     if champion.version == candidate.version:
@@ -87,12 +88,12 @@ def decide(candidate: Standing, champion: Standing | None, params: Promote) -> D
         return Decision(True, "promoted", f"better {nll} (by {gain:.4f} > {margin:g})")
     if gain < -margin:
         return Decision(False, "kept", f"worse {nll}")
-    overlap = (
-        f"mean overlap area {candidate.mean_overlap_area:.3f} vs {champion.mean_overlap_area:.3f}"
-    )
-    if candidate.mean_overlap_area > champion.mean_overlap_area:
-        return Decision(True, "promoted", f"{nll} within {margin:g}; better {overlap}")
-    return Decision(False, "kept", f"{nll} within {margin:g}; not better {overlap}")
+    ratio = f"overlap ratio {candidate.overlap_ratio:.3f} vs {champion.overlap_ratio:.3f}"
+    if candidate.overlap_ratio > champion.overlap_ratio or (
+        math.isfinite(candidate.overlap_ratio) and not math.isfinite(champion.overlap_ratio)
+    ):
+        return Decision(True, "promoted", f"{nll} within {margin:g}; better {ratio}")
+    return Decision(False, "kept", f"{nll} within {margin:g}; not better {ratio}")
 
 
 def run(cfg: Config) -> dict[str, Any]:
@@ -166,9 +167,7 @@ def _figures(standing: Standing) -> dict[str, Any]:
     return {
         "version": standing.version,
         "pitch_nll": standing.pitch_nll if standing.evaluated else None,
-        "mean_overlap_area": standing.mean_overlap_area
-        if math.isfinite(standing.mean_overlap_area)
-        else None,
+        "overlap_ratio": standing.overlap_ratio if math.isfinite(standing.overlap_ratio) else None,
         "splits_sha256": standing.splits_sha256,
         "source": standing.source,
     }

@@ -1,6 +1,7 @@
-"""The evaluate stage's pictures and report: PNGs of generated vs real music (Yang & Lerch
-densities, MusPy metrics, pitches and note lengths, distinct n-grams) and one HTML page with the
-figures, the tables and the pictures embedded.
+"""The evaluate stage's pictures and report: PNGs of the model's pieces beside real excerpts and
+the shuffled control (overlap per feature over the draws, Yang & Lerch densities, per-piece
+figures, MusPy metrics, piano rolls), and one HTML page that says in words what every figure
+measures and which way is better, with the tables and the pictures embedded.
 """
 
 from __future__ import annotations
@@ -15,134 +16,239 @@ from typing import Any
 import numpy as np
 
 from pipelines import music_metrics as mm
-from pipelines.plots import save_figure
+from pipelines.controls import SETS, Draw
+from pipelines.plots import draw_notes, save_figure
+
+COLOURS = {"model": "tab:red", "real": "tab:blue", "shuffled": "tab:gray"}
+LABELS = {"model": "model", "real": "real vs real", "shuffled": "shuffled control"}
+# Which way is better, in words, per kind of figure.
+HIGHER = "higher is better, up to real vs real"
+LOWER = "lower is better, down to real vs real"
+CLOSER = "closer to real is better"
+SET_FIGURES = {
+    "overlap": ("Yang & Lerch overlap area, mean over the features: how far the set's pieces "
+                "sit from real pieces compared with how far real pieces sit from each other "
+                "(1: alike)", HIGHER),
+    "kl": ("Yang & Lerch KL divergence of the same densities, mean over the features (0: alike)",
+           LOWER),
+}  # fmt: skip
 
 
-def plot_distributions(
-    comparisons: Mapping[str, mm.FeatureComparison],
-    generated: Sequence[mm.Piece],
-    real: Sequence[mm.Piece],
-    ngrams: Mapping[int, Mapping[str, float]],
-    out: Path,
-) -> list[Path]:
-    """PNGs of generated vs real: Yang & Lerch densities, MusPy metrics, pitches, n-grams."""
-    import matplotlib
+def describe(name: str) -> str:
+    """What a figure measures, in words."""
+    if name.startswith("distinct_") and name.endswith("grams"):
+        n = name.removeprefix("distinct_").removesuffix("grams")
+        return (f"The share of the piece's runs of {n} pitches that occur only once in it "
+                "(1: no run repeats; a piece that loops a figure scores low).")  # fmt: skip
+    return mm.DESCRIPTIONS.get(name, "")
 
-    matplotlib.use("Agg")
+
+# --------------------------------------------------------------------------- pictures
+
+
+def plot_evaluation(draw: Draw, sets: Mapping[str, Any], out: Path) -> list[Path]:
+    """The evaluation's pictures: overlap per feature over all draws, and from the first draw
+    the densities, per-piece figures, MusPy metrics and piano rolls."""
     import matplotlib.pyplot as plt
 
     out.mkdir(parents=True, exist_ok=True)
-    written = []
+    written = [plot_overlaps(sets, out / "overlap_by_feature.png")]
 
-    names = list(comparisons)
+    features = list(draw.yang_lerch["model"])
     cols = 3
-    rows = math.ceil(len(names) / cols)
+    rows = math.ceil(len(features) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.0 * rows), squeeze=False)
-    for ax, name in zip(axes.ravel(), names, strict=False):
-        c = comparisons[name].comparison
-        ax.plot(c.grid, c.p, label="intra-set, real", color="tab:blue")
-        ax.plot(c.grid, c.q, label="inter-set", color="tab:red")
-        intra_gen = comparisons[name].intra_generated
-        if len(intra_gen) and np.ptp(np.concatenate([intra_gen, c.grid[[0, -1]]])) > 0:
-            ax.plot(c.grid, mm.kde(intra_gen, c.grid), "--", label="intra-set, generated",
-                    color="tab:orange")  # fmt: skip
-        ax.set_title(f"{name}\noverlap {c.overlap_area:.2f}, KL {c.kl_divergence:.2f}", fontsize=9)
-        ax.set_xlabel("distance", fontsize=8)
+    for ax, feature in zip(axes.ravel(), features, strict=False):
+        reference = draw.yang_lerch["model"][feature].intra_real
+        every = np.concatenate([reference, *(draw.yang_lerch[s][feature].inter for s in SETS)])
+        if np.ptp(every) > 0:
+            grid = np.linspace(every.min(), every.max(), 200)
+            ax.plot(grid, mm.kde(reference, grid), color="k", label="real to real (reference)")
+            for name in SETS:
+                inter = draw.yang_lerch[name][feature].inter
+                ax.plot(grid, mm.kde(inter, grid), color=COLOURS[name], label=f"{LABELS[name]}")
+        ax.set_title(feature, fontsize=9)
+        ax.set_xlabel("distance to the reference's pieces", fontsize=8)
         ax.tick_params(labelsize=7)
-    for ax in axes.ravel()[len(names) :]:
+    for ax in axes.ravel()[len(features) :]:
         ax.axis("off")
     axes.ravel()[0].legend(fontsize=7)
-    fig.suptitle("Yang & Lerch: distance densities per feature (generated vs real)")
+    fig.suptitle("Yang & Lerch distance densities, first draw: a set like real music follows "
+                 "the black curve")  # fmt: skip
     written.append(save_figure(fig, out / "yang_lerch.png"))
 
-    metric_names = list(mm.MUSPY_METRICS)
-    fig, axes = plt.subplots(2, math.ceil(len(metric_names) / 2), figsize=(16, 6), squeeze=False)
-    for ax, name in zip(axes.ravel(), metric_names, strict=False):
-        metric = mm.MUSPY_METRICS[name]
-        values = [
-            [v for v in (metric(p) for p in pieces) if math.isfinite(v)]
-            for pieces in (generated, real)
-        ]
-        if all(values):
-            ax.boxplot(values, tick_labels=["generated", "real"])
-        ax.set_title(name, fontsize=9)
-        ax.tick_params(labelsize=7)
-    for ax in axes.ravel()[len(metric_names) :]:
-        ax.axis("off")
-    fig.suptitle("MusPy metrics per piece: generated vs real test excerpts")
-    written.append(save_figure(fig, out / "muspy_metrics.png"))
-
-    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 3.5))
-    every = np.concatenate([p.pitch for p in (*generated, *real)])
-    pitch_bins = np.arange(every.min() - 0.5, every.max() + 1.5)
-    for pieces, label in ((generated, "generated"), (real, "real")):
-        pitch = np.concatenate([p.pitch for p in pieces])
-        left.hist(pitch, bins=pitch_bins, density=True, histtype="step", label=label)
-        lengths = np.concatenate([p.duration for p in pieces])
-        right.hist(np.log2(np.maximum(lengths, 1 / 64)), bins=40, density=True,
-                   histtype="step", label=label)  # fmt: skip
-    left.set_xlabel("pitch (MIDI)")
-    right.set_xlabel("note length, log2 beats")
-    left.legend()
-    written.append(save_figure(fig, out / "pitch_and_length.png"))
-
-    fig, ax = plt.subplots(figsize=(5, 3.2))
-    ns = sorted(ngrams)
-    width = 0.38
-    x = np.arange(len(ns))
-    ax.bar(x - width / 2, [ngrams[n]["generated"] for n in ns], width, label="generated")
-    ax.bar(x + width / 2, [ngrams[n]["real"] for n in ns], width, label="real")
-    ax.set_xticks(x, [f"{n}-grams" for n in ns])
-    ax.set_ylabel("distinct / all (per piece)")
-    ax.set_ylim(0, 1.05)
-    ax.legend(fontsize=8)
-    written.append(save_figure(fig, out / "distinct_ngrams.png"))
+    title = "Per piece: the model, real excerpts, shuffled real excerpts"
+    written.append(boxplots(draw, dict(mm.PIECE_FIGURES), out / "piece_figures.png", title))
+    title = "MusPy metrics per piece"
+    written.append(boxplots(draw, dict(mm.MUSPY_METRICS), out / "muspy_metrics.png", title))
+    written.append(piano_rolls(draw, out / "piano_rolls.png"))
     return written
 
 
+def plot_overlaps(sets: Mapping[str, Any], path: Path) -> Path:
+    """Overlap per feature and its mean, per set: mean and spread over the draws."""
+    import matplotlib.pyplot as plt
+
+    keys = ["overlap", *sorted(k for k in sets["model"] if k.startswith("overlap_"))]
+    fig, ax = plt.subplots(figsize=(11, 3.8))
+    x = np.arange(len(keys))
+    width = 0.27
+    for i, name in enumerate(SETS):
+        means = [sets[name][k]["mean"] for k in keys]
+        spread = [sets[name][k]["std"] for k in keys]
+        ax.bar(x + (i - 1) * width, means, width, yerr=spread, capsize=2,
+               color=COLOURS[name], label=LABELS[name])  # fmt: skip
+    labels = ["MEAN", *(k.removeprefix("overlap_").replace("_", " ") for k in keys[1:])]
+    ax.set_xticks(x, labels, rotation=20, ha="right", fontsize=8)
+    ax.set_ylim(0, 1.2)
+    ax.set_ylabel("overlap with real (1: alike)")
+    ax.set_title("Yang & Lerch overlap per feature: mean and spread over the reference draws")
+    ax.legend(fontsize=8, loc="upper center", ncol=3, frameon=False)
+    return save_figure(fig, path)
+
+
+def boxplots(draw: Draw, metrics: Mapping[str, Any], path: Path, title: str) -> Path:
+    import matplotlib.pyplot as plt
+
+    cols = math.ceil(len(metrics) / 2) if len(metrics) > 4 else len(metrics)
+    rows = math.ceil(len(metrics) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.3 * cols, 3.0 * rows), squeeze=False)
+    for ax, (name, metric) in zip(axes.ravel(), metrics.items(), strict=False):
+        values = [[v for v in (metric(p) for p in draw.sets[s]) if math.isfinite(v)] for s in SETS]
+        if all(values):
+            ax.boxplot(values, tick_labels=["model", "real", "shuffled"])
+        ax.set_title(name, fontsize=9)
+        ax.tick_params(labelsize=7)
+    for ax in axes.ravel()[len(metrics) :]:
+        ax.axis("off")
+    fig.suptitle(title)
+    return save_figure(fig, path)
+
+
+def piano_rolls(draw: Draw, path: Path, count: int = 3) -> Path:
+    """Three of the model's pieces above three real excerpts, at the evaluation length."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, count, figsize=(4.2 * count, 5.6), squeeze=False)
+    for row, (name, pieces) in enumerate((("model", draw.sets["model"]),
+                                          ("real", draw.reference))):  # fmt: skip
+        for col in range(count):
+            ax = axes[row, col]
+            if col < len(pieces):
+                p = pieces[col]
+                draw_notes(ax, p.pitch, p.start, p.end, cmap="Reds" if row == 0 else "Blues")
+            ax.set_title(f"{name} {col + 1}", fontsize=9)
+            ax.set_xlabel("beats", fontsize=8)
+            ax.tick_params(labelsize=7)
+        axes[row, 0].set_ylabel("pitch (MIDI)", fontsize=8)
+    fig.suptitle("The model's continuations (top) and real test excerpts (bottom)")
+    return save_figure(fig, path)
+
+
+# --------------------------------------------------------------------------- the page
+
+
 def _cell(value: Any) -> str:
-    if isinstance(value, float):
-        return "nan" if not math.isfinite(value) else f"{value:.4g}"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float | np.floating):
+        return "n/a" if not math.isfinite(value) else f"{float(value) + 0.0:.4g}"  # no "-0"
     return html.escape(str(value))
+
+
+def _number(value: float) -> str:
+    """Three decimals below 10, one below 1000: figures side by side read alike."""
+    if not math.isfinite(value):
+        return "n/a"
+    value = float(value) + 0.0  # no "-0"
+    return (
+        f"{value:.3f}"
+        if abs(value) < 10
+        else f"{value:.1f}"
+        if abs(value) < 1000
+        else f"{value:.0f}"
+    )
+
+
+def _spread(stat: Mapping[str, float]) -> str:
+    return f"{_number(stat['mean'])} ± {_number(stat['std'])}"
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{_cell(v)}</td>" for v in row) + "</tr>" for row in rows)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{v if isinstance(v, Raw) else _cell(v)}</td>" for v in row) + "</tr>"
+        for row in rows
+    )
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
-def report_html(result: Mapping[str, Any], pictures: Sequence[Path]) -> str:
-    """One page: the headline, the tables, and the pictures embedded (it travels as one file)."""
-    headline = [(k, v) for k, v in result.items() if not isinstance(v, dict | list)]
+class Raw(str):
+    """A cell already written as HTML."""
+
+
+def _head_table(result: Mapping[str, Any]) -> str:
+    """The model's heads against the count baselines; columns with no figure are left out."""
     model = result["model"]
-    head_rows = []
+    columns = {
+        "NLL (lower is better)": lambda s, b: s.get("nll", math.nan),
+        "accuracy (higher is better)": lambda s, b: s.get("accuracy", math.nan),
+        "MSE (lower is better)": lambda s, b: s.get("mse", math.nan),
+        "unigram NLL": lambda s, b: b.get("unigram", {}).get("nll", math.nan),
+        "bigram NLL": lambda s, b: b.get("bigram", {}).get("nll", math.nan),
+        "bigram accuracy": lambda s, b: b.get("bigram", {}).get("accuracy", math.nan),
+    }
+    rows = []
     for head, scores in model["heads"].items():
         base = result["baselines"].get(head, {})
-        head_rows.append(
-            [
-                head,
-                scores.get("nll", math.nan),
-                scores.get("accuracy", math.nan),
-                scores.get("mse", math.nan),
-                base.get("unigram", {}).get("nll", math.nan),
-                base.get("bigram", {}).get("nll", math.nan),
-                base.get("bigram", {}).get("accuracy", math.nan),
-            ]
-        )
-    head_header = ["head", "NLL", "accuracy", "MSE", "unigram NLL", "bigram NLL", "bigram accuracy"]
+        rows.append([head, *(f(scores, base) for f in columns.values())])
+    full = model.get("pitch_full_context")
+    if full:
+        base = {"bigram": result["baselines"]["pitch"].get("bigram_full_context", {})}
+        rows.append(["pitch, full context", full.get("nll", math.nan),
+                     full.get("accuracy", math.nan), math.nan, math.nan,
+                     base["bigram"].get("nll", math.nan),
+                     base["bigram"].get("accuracy", math.nan)])  # fmt: skip
+
+    def shown(i: int) -> bool:
+        return any(isinstance(r[i + 1], float) and math.isfinite(r[i + 1]) for r in rows)
+
+    keep = [i for i in range(len(columns)) if shown(i)]
+    header = ["head", *(list(columns)[i] for i in keep)]
+    return _table(header, [[r[0], *(r[i + 1] for i in keep)] for r in rows])
+
+
+def _sets_table(sets: Mapping[str, Any], names: Sequence[str], better: Mapping[str, str]) -> str:
+    rows = []
+    for name in names:
+        if name not in sets["model"]:
+            continue
+        bare = name.removeprefix("muspy_").removeprefix("overlap_")
+        text = SET_FIGURES.get(name, ("", ""))[0] or describe(bare)
+        rows.append([name, text, *(Raw(_spread(sets[s][name])) for s in SETS),
+                     better.get(name, CLOSER)])  # fmt: skip
+    return _table(["figure", "what it measures", "model", "real", "shuffled", "better"], rows)
+
+
+def report_html(result: Mapping[str, Any], pictures: Sequence[Path]) -> str:
+    """One page: the verdict, every figure beside both controls with what it means, the
+    tables and the pictures embedded (it travels as one file)."""
     music = result["music"]
-    muspy_rows = [
-        [name, music["muspy"]["generated"][name], music["muspy"]["real"][name]]
-        for name in music["muspy"]["generated"]
-    ]
-    yl_rows = [
-        [name, s["overlap_area"], s["kl_divergence"], s["intra_real_mean"],
-         s["intra_generated_mean"], s["inter_mean"]]
-        for name, s in music["yang_lerch"].items()
-    ]  # fmt: skip
-    ngram_rows = [[f"{n}-grams", *v.values()] for n, v in music["distinct_ngrams"].items()]
-    ngram_header = ["", *next(iter(music["distinct_ngrams"].values())).keys()]
+    sets = music["sets"]
+    overlap_keys = sorted(k for k in sets["model"] if k.startswith("overlap_"))
+    piece_keys = [k for k in getattr(mm, "PIECE_FIGURES", {}) if k in sets["model"]]
+    ngram_keys = sorted(
+        (k for k in sets["model"] if k.startswith("distinct_")),
+        key=lambda k: int(k.removeprefix("distinct_").removesuffix("grams")),
+    )
+    muspy_keys = [k for k in sets["model"] if k.startswith("muspy_")]
+    better = {"overlap": HIGHER, "kl": LOWER} | dict.fromkeys(overlap_keys, HIGHER)
+    verdict = (
+        f"The model's mean overlap with real music is {_cell(result['overlap_ratio'])} of real vs "
+        f"real's, and it <b>{'beats' if result['beats_shuffled'] else 'does not beat'}</b> the "
+        "shuffled control (real excerpts with their pitches shuffled) by more than the spread "
+        "over the draws."
+    )
     copy_rows = [
         [c["piece"], c["notes"], c["longest_copied_run"], c["longest_copied_run_transposed"],
          c.get("source_path") or c.get("source_file_id") or ""]
@@ -154,33 +260,48 @@ def report_html(result: Mapping[str, Any], pictures: Sequence[Path]) -> str:
         for p in pictures
     )
     style = (
-        "body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}"
+        "body{font-family:sans-serif;max-width:1150px;margin:2em auto;color:#222}"
         "table{border-collapse:collapse;margin:0.5em 0 1.5em}"
         "td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}"
-        "th{background:#f3f3f3}td:first-child{text-align:left}img{max-width:100%}"
+        "th{background:#f3f3f3}td:first-child,td:nth-child(2),th:nth-child(2){text-align:left}"
+        "img{max-width:100%}"
     )
+    n = music["set_size"]
     return f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>lakhflow evaluation</title><style>{style}</style></head>
 <body>
 <h1>lakhflow evaluation: {html.escape(str(result.get("model_name")))} version \
 {html.escape(str(result.get("model_version")))}</h1>
-<h2>Headline</h2>{_table(["figure", "value"], headline)}
-<h2>Model vs baselines on the test split</h2>
-<p>{model["windows"]} test windows; {html.escape(model["heads_kind"])} heads.
-NLL in nats per note.</p>
-{_table(head_header, head_rows)}
-<h2>MusPy metrics (means)</h2>
-<p>{music["generated_pieces"]} generated continuations vs {music["real_excerpts"]} real test
-excerpts of the same lengths ({music["excerpt_notes"]} notes).</p>
-{_table(["metric", "generated", "real"], muspy_rows)}
-<h2>Yang &amp; Lerch</h2>
-<p>Overlap area and KL divergence of the real set's intra-set distance density against the
-inter-set (generated to real) density, per feature.</p>
-{_table(["feature", "overlap", "KL", "intra real", "intra generated", "inter"], yl_rows)}
-<h2>Repetition</h2>{_table(ngram_header, ngram_rows)}
+<p>{verdict}</p>
+<p>Every set holds {n} pieces of {music["eval_notes"]} notes (the continuations are
+{music["continuation_notes"]} notes). The <b>reference</b> is {n} real excerpts of the test split;
+<b>model</b> is {n} of the {music["generated_pieces"]} generated continuations;
+<b>real</b> is {n} other real excerpts (from other files where there are enough), compared with
+the reference the same way (real vs real: the ceiling); <b>shuffled</b> is those real excerpts
+with each one's pitches randomly permuted and its rhythm kept: music-shaped noise, the floor.
+Each figure is the mean ± spread (standard deviation) over {music["draws"]} reference draws
+from {music["test_files_used"]} test files
+({music["test_tracks_long_enough"]} of {music["test_tracks"]} test tracks are long enough).</p>
+<h2>The music against both controls</h2>
+{_sets_table(sets, ["overlap", "kl", *piece_keys, *ngram_keys], better)}
+<h2>Yang &amp; Lerch per feature</h2>
+<p>For each feature, the overlap area of two densities: the distances between the reference's
+pieces, and the distances from the set's pieces to the reference's (higher is better, 1 at
+most).</p>
+{_sets_table(sets, overlap_keys, better)}
+<h2>The model against count baselines on the test split</h2>
+<p>{result["model"]["windows"]} test windows; {html.escape(result["model"]["heads_kind"])} heads.
+NLL is in nats per note, averaged over every position of a window (context of 1 to
+seq_length notes); "full context" scores each window's last note only, after the whole window.
+The unigram counts notes, the bigram the note before; both are fitted on the train split.</p>
+{_head_table(result)}
+<h2>MusPy metrics (means per piece)</h2>
+{_sets_table(sets, muspy_keys, {})}
 <h2>Copying from the training files</h2>
-<p>Longest run of notes after the primer found in a training file (exact pitches, and up to
-transposition); the real test excerpts' longest is {music["copying"]["max_real"]}.</p>
+<p>The longest run of each continuation's notes found in a training file (exact pitches, and up
+to transposition); real test excerpts' longest is {music["copying"]["max_real"]}, and
+{music["copying"]["pieces_copying"]} pieces copy {music["copying"]["threshold"]} notes or
+more (lower is better).</p>
 {_table(["piece", "notes", "copied run", "up to transposition", "source"], copy_rows)}
 <h2>Pictures</h2>{images}
 </body></html>

@@ -43,7 +43,9 @@ def summarize(paths: Paths) -> str:
         lines.append(
             f"evaluate  pitch NLL {evaluation['pitch_nll']:.3f} = "
             f"{evaluation['pitch_nll_ratio_to_bigram']:.2f} x the bigram's; "
-            f"generated vs real overlap {evaluation['mean_overlap_area']:.2f}; "
+            f"overlap with real {evaluation['overlap']:.2f} = {evaluation['overlap_ratio']:.2f} "
+            f"x real vs real's, {'above' if evaluation['beats_shuffled'] else 'NOT above'} "
+            f"shuffled notes' {evaluation['overlap_shuffled']:.2f}; "
             f"longest copied run {evaluation['max_copied_run']} notes "
             f"(report: {paths.root / 'data/evaluation/report.html'})"
         )

@@ -18,6 +18,7 @@ from conftest import another_hash_seed, folder_digests, notes_project, run_cli
 
 from pipelines import config, evaluate, promote, schema
 from pipelines import music_metrics as mm
+from pipelines.errors import LakhflowError
 
 TINY_TRAIN = [
     "train.epochs=1",
@@ -32,7 +33,7 @@ TINY_GENERATE = [
     "generate.primer_notes=8",
     "generate.wav=false",
 ]
-TINY_EVALUATE = ["evaluate.max_test_windows=300", "evaluate.copy_threshold=12"]
+TINY_EVALUATE = ["evaluate.max_test_windows=300", "evaluate.copy_threshold=12", "evaluate.draws=3"]
 COPIED = 20  # notes of a training track planted in one generated piece
 
 
@@ -49,29 +50,40 @@ def test_primer_lengths_from_the_generate_manifest() -> None:
     assert evaluate.primer_lengths(manifest) == {"piece-000.mid": 8, "piece-001.mid": 5}
 
 
-def test_real_excerpts_match_lengths_and_the_seed() -> None:
-    rng = np.random.default_rng(0)
-    tracks = [
-        evaluate.Track(
-            f"f{i}",
-            0,
-            {
-                "pitch": rng.integers(50, 70, n),
-                "step": np.full(n, 0.5, np.float32),
-                "duration": np.full(n, 0.5, np.float32),
-            },
-        )
-        for i, n in enumerate([30, 50, 12])
-    ]
-    excerpts, got = evaluate.real_excerpts(tracks, [10, 40, 80], seed=1, spb=1.0)
-    # The longest track (50 notes) caps the 80 asked for.
-    assert got == [10, 40, 50] and [len(e) for e in excerpts] == got
-    assert excerpts[1].end[-1] == pytest.approx(39 * 0.5 + 0.5)
-    again, _ = evaluate.real_excerpts(tracks, [10, 40, 80], seed=1, spb=1.0)
-    assert all(np.array_equal(a.pitch, b.pitch) for a, b in zip(excerpts, again, strict=True))
-    # Seconds at 120 bpm: half a second is one beat.
-    (in_beats,), _ = evaluate.real_excerpts(tracks[:1], [4], seed=0, spb=0.5)
-    assert in_beats.duration.tolist() == [1.0] * 4
+def test_a_track_several_chunks_long_is_joined_with_each_note_once() -> None:
+    """The sequences stage's chunks overlap by seq_length notes, and come in shuffled order."""
+    from pipelines.sequences import chunk_starts
+
+    n, chunk_notes, seq_length = 1000, 64, 8
+    pitch = np.arange(n) % 128
+    step = np.arange(n, dtype=np.float64)
+    parts = []
+    for lo in chunk_starts(n, chunk_notes, seq_length):
+        hi = min(n, lo + chunk_notes)
+        parts.append((lo, {"pitch": pitch[lo:hi], "step": step[lo:hi]}))
+    assert len(parts) > 10
+    shuffled = [parts[i] for i in np.random.default_rng(0).permutation(len(parts))]
+    joined = evaluate.join_chunks(shuffled)
+    assert np.array_equal(joined["pitch"], pitch) and np.array_equal(joined["step"], step)
+    with pytest.raises(LakhflowError, match=r"leave notes 64\.\.119 out"):
+        evaluate.join_chunks([(0, {"pitch": pitch[:64]}), (120, {"pitch": pitch[120:180]})])
+
+
+def test_the_baselines_count_each_training_note_once() -> None:
+    """Counted chunk by chunk, skipping each chunk's overlap, equals counting the whole track."""
+    from pipelines.baselines import TokenCounts
+    from pipelines.sequences import chunk_starts
+
+    tokens = np.random.default_rng(3).integers(0, 12, 700)
+    whole = TokenCounts.of([tokens], 12)
+    chunked = TokenCounts(12)
+    manifest = {"seq_length": 16}
+    for lo in chunk_starts(len(tokens), 100, 16):
+        seen = evaluate.chunk_overlap(manifest) if lo else 0
+        chunked.add(tokens[lo : lo + 100], seen=seen)
+    assert np.array_equal(chunked.unigram, whole.unigram)
+    assert np.array_equal(chunked.bigram, whole.bigram)
+    assert chunked.unigram.sum() == 700 and chunked.bigram.sum() == 699
 
 
 def test_test_stride_spreads_the_cap_over_the_split() -> None:
@@ -155,31 +167,18 @@ def test_copies_are_found_in_tracks_given_as_arrays() -> None:
         assert copies.training_notes == 80
 
 
-def test_music_is_compared_to_real_excerpts_of_the_same_lengths() -> None:
-    generated = dict(zip(["g0", "g1", "g2"], pieces_of(melodies(2, 3, 24)), strict=True))
-    tracks = [
-        evaluate.Track(f"t{i}", 0, {"pitch": p, "step": np.full(60, 0.5), "duration": np.ones(60)})
-        for i, p in enumerate(melodies(3, 4, 60))
-    ]
-    settings = {"seed": 4, "spb": 1.0, "kde_points": 32, "ngrams": [2, 4]}
-    music, comparisons, gen, real = evaluate.compare_music(generated, tracks, **settings)
-    assert music["generated_pieces"] == music["real_excerpts"] == 3
-    assert music["excerpt_notes"] == [24] and [len(p) for p in real] == [24, 24, 24]
-    assert set(music["distinct_ngrams"]) == {"2", "4"}
-    assert set(comparisons) == set(music["yang_lerch"])
-    assert 0 <= music["mean_overlap_area"] <= 1
-    again, *_ = evaluate.compare_music(generated, tracks, **settings)
-    assert json.dumps(again, sort_keys=True) == json.dumps(music, sort_keys=True)
-
+def test_copies_are_summarised_per_piece_with_their_source() -> None:
+    gen = pieces_of(melodies(2, 3, 24))
+    real = pieces_of(melodies(3, 2, 24))
     # A training track copied into the last piece, and where it comes from.
     train = [("f", 1, np.concatenate([[0, 1], gen[2].pitch[4:20], [2]]))]
     copies = evaluate.find_copies([p.pitch for p in (*gen, *real)], train, anchor=None)
-    copying = evaluate.copying_summary(list(generated), gen, copies, {"f": "f.mid"}, 12)
+    copying = evaluate.copying_summary(["g0", "g1", "g2"], gen, copies, {"f": "f.mid"}, 12)
     assert [c["piece"] for c in copying["generated"]] == ["g0", "g1", "g2"]
     assert copying["generated"][2]["longest_copied_run"] == 16
     assert copying["generated"][2]["source_path"] == "f.mid"
     assert copying["max_generated"] == 16 and copying["pieces_copying"] == 1
-    assert len(copying["real"]) == 3 and copying["training_notes"] == 19
+    assert len(copying["real"]) == 2 and copying["training_notes"] == 19
 
 
 # --------------------------------------------------------------------------- the stage
@@ -248,15 +247,24 @@ def test_eval_json_headline_and_detail(evaluated: tuple[Path, dict]) -> None:
     project, result = evaluated
     data = json.loads((project / "data" / "metrics" / "eval.json").read_text())
     for key in ("pitch_nll", "bigram_pitch_nll", "unigram_pitch_nll", "pitch_nll_ratio_to_bigram",
-                "mean_overlap_area", "max_copied_run", "pitch_accuracy", "step_nll",
-                "velocity_accuracy", "distinct_4grams_generated"):  # fmt: skip
+                "pitch_nll_full_context", "bigram_pitch_nll_full_context", "overlap",
+                "overlap_real", "overlap_shuffled", "overlap_ratio", "longest_repeat",
+                "longest_repeat_shuffled", "max_copied_run", "pitch_accuracy", "step_nll",
+                "velocity_accuracy"):  # fmt: skip
         assert isinstance(data[key], float | int) and math.isfinite(data[key]), key
     assert data["pitch_nll_ratio_to_bigram"] == pytest.approx(
         data["pitch_nll"] / data["bigram_pitch_nll"]
     )
+    assert data["overlap_ratio"] == pytest.approx(data["overlap"] / data["overlap_real"])
+    assert isinstance(data["beats_shuffled"], bool)
     # Counts beat a uniform guess over 128 pitches; context beats counts alone.
     assert data["bigram_pitch_nll"] < data["unigram_pitch_nll"] < math.log(128)
-    assert 0 <= data["mean_overlap_area"] <= 1
+    for figure in ("overlap", "overlap_real", "overlap_shuffled"):
+        assert 0 <= data[figure] <= 1
+    # What dvc metrics reads: the headline, at most 12 figures, equal to eval.json's.
+    headline = json.loads((project / "data" / "metrics" / "headline.json").read_text())
+    assert set(headline) == set(evaluate.HEADLINE) and len(headline) <= 12
+    assert all(headline[k] == data[k] for k in headline)
     assert data["test_windows"] <= 300
     assert data["heads"] == "categorical"
     manifest = json.loads((project / "data" / "shards" / "manifest.json").read_text())
@@ -266,11 +274,20 @@ def test_eval_json_headline_and_detail(evaluated: tuple[Path, dict]) -> None:
     assert set(heads) == {"pitch", "step", "duration", "velocity"}
     assert heads["pitch"]["count"] == data["test_windows"] * manifest["seq_length"]
     assert data["baselines"]["pitch"]["bigram"]["count"] == heads["pitch"]["count"]
+    # The full-context score and its bigram are on one target per window: its last note.
+    full = data["model"]["pitch_full_context"]
+    assert full["count"] == data["test_windows"]
+    assert data["baselines"]["pitch"]["bigram_full_context"]["count"] == data["test_windows"]
     music = data["music"]
-    assert set(music["yang_lerch"]) == set(mm.FEATURES)
-    assert set(music["muspy"]["real"]) == set(mm.MUSPY_METRICS)
-    assert music["generated_pieces"] == music["real_excerpts"] == 3
-    assert set(music["distinct_ngrams"]) == {"2", "4", "8"}
+    assert music["generated_pieces"] == 3 and music["set_size"] == 3 and music["draws"] == 3
+    assert music["eval_notes"] <= music["continuation_notes"] == COPIED  # the planted piece
+    for name in ("model", "real", "shuffled", "reference"):
+        figures = music["sets"][name]
+        assert set(mm.PIECE_FIGURES) <= set(figures)
+        assert {f"muspy_{m}" for m in mm.MUSPY_METRICS} <= set(figures)
+        assert {"distinct_2grams", "distinct_4grams", "distinct_8grams"} <= set(figures)
+        if name != "reference":
+            assert {f"overlap_{f}" for f in mm.FEATURES} <= set(figures)
     assert result["pitch_nll"] == data["pitch_nll"]
 
 
@@ -292,13 +309,14 @@ def test_plots_and_report(evaluated: tuple[Path, dict]) -> None:
     project, _ = evaluated
     out = project / "data" / "evaluation"
     plots = sorted(p.name for p in (out / "plots").glob("*.png"))
-    assert plots == ["distinct_ngrams.png", "muspy_metrics.png", "pitch_and_length.png",
-                     "yang_lerch.png"]  # fmt: skip
+    assert plots == ["muspy_metrics.png", "overlap_by_feature.png", "piano_rolls.png",
+                     "piece_figures.png", "yang_lerch.png"]  # fmt: skip
     for name in plots:
         assert (out / "plots" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     page = (out / "report.html").read_text()
     assert page.count('<img src="data:image/png;base64,') == len(plots)
     assert "pitch_class_histogram" in page and "scale_consistency" in page
+    assert "real vs real" in page and "shuffled" in page and "what it measures" in page
 
 
 @pytest.mark.slow
@@ -355,7 +373,8 @@ def test_logged_to_the_run_and_tagged_on_the_version_then_promoted(
     } <= artifacts
     tags = client.get_model_version(info["model_name"], info["model_version"]).tags
     assert float(tags["eval.pitch_nll"]) == pytest.approx(result["pitch_nll"])
-    assert float(tags["eval.mean_overlap_area"]) == pytest.approx(result["mean_overlap_area"])
+    assert float(tags["eval.overlap_ratio"]) == pytest.approx(result["overlap_ratio"])
+    assert tags["eval.beats_shuffled"] in ("True", "False")
     assert tags["splits_sha256"] == result["splits_sha256"] and tags["source"] == "bach"
     # The promote stage reads those tags: the first evaluated candidate becomes the champion.
     promoted = promote.run(config.load(project))

@@ -43,7 +43,7 @@ def add_version(
     tags = {"splits_sha256": splits, "source": source}
     if pitch_nll is not None:
         tags |= {f"{TAG_PREFIX}pitch_nll": str(pitch_nll),
-                 f"{TAG_PREFIX}mean_overlap_area": str(overlap)}  # fmt: skip
+                 f"{TAG_PREFIX}overlap_ratio": str(overlap)}  # fmt: skip
     for key, value in tags.items():
         client.set_model_version_tag(NAME, version, key, value)
     if alias:
@@ -104,14 +104,14 @@ def test_worse_candidate_leaves_the_champion(
     assert registry.get_model_version(NAME, v2).tags["promote.reason"].startswith("worse")
 
 
-def test_overlap_area_breaks_a_tie_within_the_margin(
+def test_the_overlap_ratio_breaks_a_tie_within_the_margin(
     registry: MlflowClient, project: Path, tmp_path: Path
 ) -> None:
     add_version(registry, tmp_path, pitch_nll=2.50, overlap=0.60, alias="champion")
     v2 = add_version(registry, tmp_path, pitch_nll=2.52, overlap=0.80)
     result = run(project, min_improvement=0.05)
     assert result["promoted"] and champion(registry) == v2
-    assert "overlap" in result["reason"]
+    assert "overlap ratio 0.800 vs 0.600" in result["reason"]
     # Better pitch NLL, but not by more than the margin, and a worse overlap: kept.
     v3 = add_version(registry, tmp_path, pitch_nll=2.49, overlap=0.70)
     result = run(project, min_improvement=0.05)
@@ -160,5 +160,11 @@ def test_decide_compares_pitch_nll_then_overlap() -> None:
     assert promote.decide(standing("2", 2.0, 0.1), standing("1", 2.2, 0.9), params).promote
     assert not promote.decide(standing("2", 2.15, 0.1), standing("1", 2.2, 0.9), params).promote
     assert promote.decide(standing("2", 2.15, 0.95), standing("1", 2.2, 0.9), params).promote
+    # A champion evaluated before the overlap ratio existed loses a tie to one that has it.
+    old = standing("1", 2.2, math.nan)
+    assert promote.decide(standing("2", 2.15, 0.5), old, params).promote
+    assert not promote.decide(
+        standing("2", 2.15, math.nan), standing("1", 2.2, 0.5), params
+    ).promote
     unevaluated = standing("1", math.nan, math.nan)
     assert promote.decide(standing("2", 3.0, 0.1), unevaluated, params).promote

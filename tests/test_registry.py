@@ -68,7 +68,8 @@ def test_a_uri_to_nothing_is_one_line(client: MlflowClient, tmp_path: Path, tail
 def test_evaluation_tags_carry_the_headline_and_the_test_data() -> None:
     result = {
         "pitch_nll": 2.25,
-        "mean_overlap_area": 0.5,
+        "overlap_ratio": 0.5,
+        "beats_shuffled": True,
         "max_copied_run": 7,
         "test_windows": 300,  # a figure promote does not read: not a tag
         "splits_sha256": "a" * 64,
@@ -77,7 +78,8 @@ def test_evaluation_tags_carry_the_headline_and_the_test_data() -> None:
     tags = registry.evaluation_tags(result)
     assert tags == {
         "eval.pitch_nll": "2.25",
-        "eval.mean_overlap_area": "0.5",
+        "eval.overlap_ratio": "0.5",
+        "eval.beats_shuffled": "True",
         "eval.max_copied_run": "7",
         "splits_sha256": "a" * 64,
         "source": "bach",

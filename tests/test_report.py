@@ -1,65 +1,89 @@
-"""The evaluate stage's pictures and report page, from figures made in memory: four PNGs, and one
-HTML page that carries every table and picture in itself."""
+"""The evaluate stage's pictures and report page, from figures made in memory: five PNGs, and
+one HTML page that carries every table and picture in itself and says what each figure means."""
 
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from pipelines import evaluate, report
+from pipelines import controls, evaluate, report
 from pipelines import music_metrics as mm
 
 
-def compared() -> tuple[dict[str, Any], Any, list[mm.Piece], list[mm.Piece]]:
+def judged() -> tuple[dict[str, Any], controls.Draw]:
     rng = np.random.default_rng(7)
-    generated = {
-        f"piece-{i:03d}": mm.Piece.from_steps(
-            rng.integers(55, 80, 20), np.full(20, 0.5), np.full(20, 0.5)
-        )
-        for i in range(3)
-    }
+    generated = [
+        mm.Piece.from_steps(rng.integers(55, 80, 20), np.full(20, 0.5), np.full(20, 0.5))
+        for _ in range(3)
+    ]
     notes = {"step": np.full(40, 0.25), "duration": np.full(40, 1.0)}
     tracks = [
-        evaluate.Track("f", i, {"pitch": rng.integers(50, 75, 40), **notes}) for i in range(3)
+        controls.Track(f"f{i}", 0, {"pitch": rng.integers(50, 75, 40), **notes}) for i in range(4)
     ]
-    music, comparisons, gen, real = evaluate.compare_music(
-        generated, tracks, seed=0, spb=1.0, kde_points=32, ngrams=[2, 4]
-    )
-    copies = evaluate.find_copies([p.pitch for p in (*gen, *real)], [], anchor=None)
-    music["copying"] = evaluate.copying_summary(list(generated), gen, copies, {}, 16)
-    return music, comparisons, gen, real
+    judgement = controls.judge(generated, tracks, set_size=3, draws=2, seed=0,
+                               seconds_per_beat=1.0, kde_points=32, ngrams=[2, 4])  # fmt: skip
+    music = dict(judgement.summary)
+    queries = [p.pitch for p in (*generated, *judgement.first.reference)]
+    copies = evaluate.find_copies(queries, [], anchor=None)
+    names = ["piece-000", "piece-001", "piece-002"]
+    music["copying"] = evaluate.copying_summary(names, generated, copies, {}, 16)
+    return music, judgement.first
 
 
-def test_the_pictures_and_the_page_that_carries_them(tmp_path: Path) -> None:
-    music, comparisons, gen, real = compared()
-    ngrams = {int(n): v for n, v in music["distinct_ngrams"].items()}
-    pictures = report.plot_distributions(comparisons, gen, real, ngrams, tmp_path / "plots")
-    assert sorted(p.name for p in pictures) == [
-        "distinct_ngrams.png", "muspy_metrics.png", "pitch_and_length.png", "yang_lerch.png",
-    ]  # fmt: skip
-    assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pictures)
-
-    result = {
+def result_of(music: dict[str, Any], heads: dict[str, Any]) -> dict[str, Any]:
+    return {
         "model_name": "lakhflow-<lstm>",
         "model_version": "3",
         "pitch_nll": 2.5,
-        "bigram_pitch_nll": math.nan,
-        "model": {
-            "heads_kind": "categorical",
-            "windows": 300,
-            "heads": {"pitch": {"nll": 2.5, "accuracy": 0.25, "count": 10}},
-        },
-        "baselines": {"pitch": {"unigram": {"nll": 3.0}, "bigram": {"nll": 2.75}}},
+        **evaluate.music_figures(music["sets"]),
+        "model": {"heads_kind": "categorical", "windows": 300, "heads": heads,
+                  "pitch_full_context": {"nll": 2.25, "accuracy": 0.5, "count": 10}},
+        "baselines": {"pitch": {"unigram": {"nll": 3.0}, "bigram": {"nll": 2.75},
+                                "bigram_full_context": {"nll": 2.7, "accuracy": 0.3}}},
         "music": music,
-    }
+    }  # fmt: skip
+
+
+def test_the_pictures_and_the_page_that_carries_them(tmp_path: Path) -> None:
+    music, first = judged()
+    pictures = report.plot_evaluation(first, music["sets"], tmp_path / "plots")
+    assert sorted(p.name for p in pictures) == [
+        "muspy_metrics.png", "overlap_by_feature.png", "piano_rolls.png", "piece_figures.png",
+        "yang_lerch.png",
+    ]  # fmt: skip
+    assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pictures)
+
+    heads = {"pitch": {"nll": 2.5, "accuracy": 0.25, "count": 10},
+             "step": {"nll": -0.0, "accuracy": 1.0, "count": 10}}  # fmt: skip
+    result = result_of(music, heads)
     page = report.report_html(result, pictures)
-    assert page.count('<img src="data:image/png;base64,') == 4
-    # The model name is escaped; a figure that is not a number reads nan.
-    assert "lakhflow-&lt;lstm&gt; version 3" in page and "<td>nan</td>" in page
-    assert "<td>pitch</td><td>2.5</td><td>0.25</td><td>nan</td><td>3</td><td>2.75</td>" in page
+    assert page.count('<img src="data:image/png;base64,') == 5
+    assert "lakhflow-&lt;lstm&gt; version 3" in page
+    # A categorical model has no MSE: the column is left out; no figure reads "-0".
+    assert "<th>MSE" not in page and ">-0<" not in page
+    assert "<td>pitch</td><td>2.5</td><td>0.25</td><td>3</td><td>2.75</td>" in page
+    assert "<td>pitch, full context</td><td>2.25</td><td>0.5</td>" in page
     for piece in ("piece-000", "piece-001", "piece-002"):
         assert f"<td>{piece}</td>" in page
-    assert "scale_consistency" in page and "pitch_class_histogram" in page
+    # Every figure of the sets table says what it measures, beside both controls.
+    assert "<th>model</th><th>real</th><th>shuffled</th><th>better</th>" in page
+    for name in ("longest_repeat", "scale_consistency", "overlap_pitch_class_histogram"):
+        row = re.search(f"<tr><td>{name}</td><td>([^<]+)</td>(.*?)</tr>", page)
+        assert row and len(row.group(1)) > 20, name
+        assert row.group(2).count(" ± ") == 3, name
+    verdict = "beats" if result["beats_shuffled"] else "does not beat"
+    assert f"<b>{verdict}</b> the shuffled control" in page
+
+
+def test_a_regression_model_shows_its_mse_column(tmp_path: Path) -> None:
+    music, _ = judged()
+    heads = {"pitch": {"nll": 2.5, "accuracy": 0.25, "count": 10},
+             "step": {"mse": 0.125, "count": 10}}  # fmt: skip
+    result = result_of(music, heads)
+    page = report.report_html(result, [])
+    assert "MSE (lower is better)" in page and "<td>0.125</td>" in page
+    assert math.isfinite(result["overlap_ratio"])
