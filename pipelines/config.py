@@ -209,7 +209,7 @@ class Generate(Section):
     output: str | None = Field(
         None, description="None: data/generated/; scheduled batches: batches/<date-time>/"
     )
-    count: int = Field(8, ge=1)
+    count: int = Field(32, ge=1)
     # The sampler adds one note per step until it has enough: 100 000 notes (hours of music) or
     # an hour of new music is already more than a listener takes from one file.
     notes: int = Field(128, ge=1, le=100_000)
