@@ -9,8 +9,11 @@ Shared runs are found by winnowing (Schleimer, Wilkerson & Aiken 2003, the schem
 each track's pitch intervals are hashed KGRAM at a time, and of every window of consecutive
 k-gram hashes only the smallest is kept. With k + w - 1 = shared_run - 1 intervals, two tracks
 that share a run of shared_run notes share that run's windows, so they keep at least one equal
-fingerprint; a file keeps about 2 / (w + 1) of its k-grams, which is what lets this scale to
-Lakh's hundreds of millions of notes. Files that keep an equal fingerprint are linked.
+fingerprint; a track keeps about 2 / (w + 1) of its k-grams, which is what lets this scale to
+Lakh's hundreds of millions of notes. Files that keep an equal fingerprint are linked: always
+when they share shared_run notes, never when they share at most KGRAM notes, and sometimes in
+between (on the chorales, 41 of the 227 links joined files whose longest shared run is 17-23
+notes: versions of one tune, such as the Passion chorale's).
 """
 
 from __future__ import annotations
@@ -36,7 +39,8 @@ KGRAM = 16  # at most 16: kgram_hashes packs a k-gram into 16 bytes
 MIN_DISTINCT_INTERVALS = 3
 MAX_FIGURE = 4
 # shared_run_pairs sorts the fingerprints 2**PAIRING_SLICE_BITS slices at a time: on Lakh
-# (some 1e8 fingerprints) a slice's sort holds about 200 MB instead of 3 GB.
+# (an estimated 1e8 fingerprints, 28 bytes each while sorted) a slice's sort holds some 200 MB
+# instead of 3 GB.
 PAIRING_SLICE_BITS = 4
 PAIRING_SLICES = 1 << PAIRING_SLICE_BITS
 NO_FINGERPRINT = np.uint64(np.iinfo(np.uint64).max)  # the hash a skipped k-gram gets
