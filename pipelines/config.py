@@ -119,6 +119,10 @@ class Sequences(Section):
     chunk_notes: int = Field(512, ge=3)
     split: dict[str, float] = Field(default_factory=lambda: {"train": 0.8, "val": 0.1, "test": 0.1})
     split_by: Literal["tune", "group", "file"] = "tune"
+    # Files whose pitched tracks share a run of this many notes (in any key) share a split key,
+    # whatever split_by says; 0 turns the link off. Shorter than 8 notes is a motif any two
+    # pieces may share; past 256 a re-saved duplicate with a few notes edited slips through.
+    shared_run: int = Field(24, ge=0, le=256)
     seed: int = 42
     # a ceiling far above any useful shard (the default is 64 MiB): it refuses a typo such as
     # 1e12, which the byte count int(shard_mb * 2**20) would otherwise take
@@ -146,6 +150,13 @@ class Sequences(Section):
             select_programs(v)
         except ParamsError as exc:
             raise ValueError(str(exc)) from None
+        return v
+
+    @field_validator("shared_run")
+    @classmethod
+    def _shared_run(cls, v: int) -> int:
+        if 0 < v < 8:
+            raise ValueError("must be 0 (no shared-run link) or at least 8 notes")
         return v
 
     @model_validator(mode="after")

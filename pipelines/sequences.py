@@ -39,6 +39,8 @@ from pipelines.splits import (
     FileSurvey,
     Notes,
     content_hash,
+    shared_run_fingerprints,
+    shared_run_pairs,
     split_keys,
     split_of,
     tune_fingerprint,
@@ -260,8 +262,13 @@ def run(cfg: Config) -> dict[str, Any]:
     corpus = read_corpus(cfg.paths)
 
     # Pass 1: split keys and the corpus' programs, before any note is binned or written.
-    survey, program_notes, n_tracks = survey_files(corpus.parts, set(corpus.file_ids), selection)
-    keys = split_keys(corpus.file_ids, corpus.groups, survey, p.split_by)
+    survey, program_notes, n_tracks = survey_files(
+        corpus.parts, set(corpus.file_ids), selection, p.shared_run
+    )
+    run_pairs = shared_run_pairs(corpus.file_ids, survey)
+    keys = split_keys(corpus.file_ids, corpus.groups, survey, p.split_by, run_pairs)
+    grouping = split_grouping(keys, run_pairs)
+    del survey  # the fingerprints: the largest thing pass 1 holds
     splits = {f: split_of(keys[f], p.seed, p.split) for f in corpus.file_ids}
     if p.instrument == "most_common" and program_notes:
         selection.only_program = most_common(program_notes)
@@ -273,8 +280,8 @@ def run(cfg: Config) -> dict[str, Any]:
         spill.close()  # every bucket complete on disk before it is read back
         check_windows(tally, selection, n_tracks, keys, corpus)
         bins = make_bins(tally.step, tally.duration, tally.velocity, p)
-        manifest = write_shard_dir(cfg, spill, corpus, keys, splits, bins, tally)
-    return summarise(manifest, keys, cfg.paths.shards)
+        manifest = write_shard_dir(cfg, spill, corpus, keys, splits, bins, tally, grouping)
+    return summarise(manifest, cfg.paths.shards)
 
 
 def select_tracks(p: Sequences) -> Selection:
@@ -299,9 +306,11 @@ def read_corpus(paths: Paths) -> Corpus:
 
 
 def survey_files(
-    parts: list[Path], ok: set[str], selection: Selection
+    parts: list[Path], ok: set[str], selection: Selection, shared_run: int
 ) -> tuple[dict[str, FileSurvey], Counter[int], int]:
-    """Pass 1: each file's content hash and tune, and the notes per program of eligible tracks."""
+    """Pass 1: each file's content hash, tune and shared-run fingerprints (of its pitched tracks,
+    selected or not: a leak is a leak whatever the filters keep), and the notes per program of
+    eligible tracks."""
     survey: dict[str, FileSurvey] = {}
     programs: Counter[int] = Counter()
     tracks = 0
@@ -310,13 +319,31 @@ def survey_files(
     ):
         if file_id not in ok:
             continue
-        survey[file_id] = FileSurvey(content_hash(notes), tune_fingerprint(notes))
-        for _, rows in track_slices(notes):
+        slices = track_slices(notes)
+        melodies = [notes["pitch"][rows] for _, rows in slices if not notes["is_drum"][rows.start]]
+        survey[file_id] = FileSurvey(
+            content_hash(notes),
+            tune_fingerprint(notes),
+            shared_run_fingerprints(melodies, shared_run),
+        )
+        for _, rows in slices:
             tracks += 1
             program, drum = int(notes["program"][rows.start]), bool(notes["is_drum"][rows.start])
             if selection.passes(program, drum, rows.stop - rows.start):
                 programs[program] += rows.stop - rows.start
     return survey, programs, tracks
+
+
+def split_grouping(keys: dict[str, str], run_pairs: list[tuple[str, str]]) -> dict[str, int]:
+    """How the files fell into split keys: the manifest's and the metrics' account of it."""
+    sizes = Counter(keys.values())
+    return {
+        "files": len(keys),
+        "split_keys": len(sizes),
+        "largest_split_group": max(sizes.values()),
+        # files that share a long run with at least one other file (the link may be one of many)
+        "files_grouped_by_shared_runs": len({f for pair in run_pairs for f in pair}),
+    }
 
 
 def most_common(programs: Counter[int]) -> int:
@@ -413,6 +440,7 @@ def write_shard_dir(
     splits: dict[str, str],
     bins: dict[str, dict[str, list[float]]],
     tally: Tally,
+    grouping: dict[str, int],
 ) -> dict[str, Any]:
     """Publish the shards, splits.parquet and manifest.json together (atomically); the manifest."""
     p = cfg.sequences
@@ -434,6 +462,7 @@ def write_shard_dir(
         manifest = build_manifest(
             cfg, bins, tally.programs, tally.tempo_counts, tally.totals, split_shards
         )
+        manifest["grouping"] = {"shared_run": p.shared_run, "split_by": p.split_by, **grouping}
         manifest["splits_sha256"] = storage.file_digest(out / cfg.paths.splits.name, "sha256")
         (out / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     return manifest
@@ -484,11 +513,14 @@ def build_manifest(
     }
 
 
-def summarise(manifest: dict[str, Any], keys: dict[str, str], shard_dir: Path) -> dict[str, Any]:
+def summarise(manifest: dict[str, Any], shard_dir: Path) -> dict[str, Any]:
+    """The stage's metrics and its last log line."""
     splits = manifest["splits"]
-    sizes = Counter(keys.values())
-    largest = max(sizes.values())
-    metrics: dict[str, Any] = {"split_keys": len(sizes), "largest_split_group": largest}
+    grouping = manifest["grouping"]
+    metrics: dict[str, Any] = {
+        k: grouping[k]
+        for k in ("split_keys", "largest_split_group", "files_grouped_by_shared_runs")
+    }
     for name, s in splits.items():
         for k in ("files", "chunks", "notes", "windows"):
             metrics[f"{name}_{k}"] = s[k]
@@ -496,7 +528,8 @@ def summarise(manifest: dict[str, Any], keys: dict[str, str], shard_dir: Path) -
     counts = ", ".join(f"{n} {splits[n]['windows']:,}" for n in schema.SPLIT_NAMES)
     log.info(
         "Wrote %d shards (%.1f MB) to %s: windows of %d notes at stride %d: %s; "
-        "%d split keys over %d files (largest group %d files); most common program %s; "
+        "%d split keys over %d files (largest group %d files, %d files grouped by shared "
+        "runs); most common program %s; "
         "tempo %.1f bpm.",
         sum(len(s["shards"]) for s in splits.values()),
         sum(metrics[f"{n}_shard_bytes"] for n in schema.SPLIT_NAMES) / 1e6,
@@ -504,9 +537,10 @@ def summarise(manifest: dict[str, Any], keys: dict[str, str], shard_dir: Path) -
         manifest["seq_length"] + 1,
         manifest["stride"],
         counts,
-        len(sizes),
-        len(keys),
-        largest,
+        grouping["split_keys"],
+        grouping["files"],
+        grouping["largest_split_group"],
+        grouping["files_grouped_by_shared_runs"],
         describe(manifest["programs"]["most_common"]),
         manifest["tempo_bpm"],
     )

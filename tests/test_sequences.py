@@ -86,6 +86,8 @@ def test_program_selection_by_number_range_family_and_name() -> None:
         ("sequences.programs=[kazoo]", "unknown program or family 'kazoo'"),
         ("sequences.seq_length=1", "sequences.seq_length"),
         ("sequences.split={train: 0.8, val: 0.3, test: 0.1}", "sum to 1"),
+        ("sequences.shared_run=5", "sequences.shared_run: .*0 .*or at least 8 notes"),
+        ("sequences.shared_run=300", "sequences.shared_run: Input should be less than"),
     ],
 )
 def test_bad_params_are_one_line_errors(tmp_path: Path, override: str, message: str) -> None:
@@ -123,28 +125,58 @@ def test_split_keys_keep_duplicates_same_notes_and_tunes_together(
         assert by_id.loc[file_id_of(other), "split_key"] == by_id.loc[original, "split_key"]
         assert by_id.loc[file_id_of(other), "split"] == by_id.loc[original, "split"]
     assert set(splits["split"]) == {"train", "val", "test"}
+    # the manifest accounts for the grouping: the re-save and the re-harmonisation share long
+    # runs with the original (the re-save all its notes)
+    sizes = splits.groupby("split_key").size()
+    grouping = manifest_of(shards_project)["grouping"]
+    assert grouping.pop("files_grouped_by_shared_runs") >= 3
+    assert grouping == {"shared_run": 24, "split_by": "tune", "files": len(splits),
+                        "split_keys": len(sizes), "largest_split_group": sizes.max()}  # fmt: skip
 
 
 @pytest.mark.parametrize("split_by", ["file", "group"])
-def test_split_by_file_and_group(shards_project: Path, note_corpus: dict, split_by: str) -> None:
+@pytest.mark.parametrize("shared_run", [24, 0])
+def test_split_by_file_and_group(
+    shards_project: Path, note_corpus: dict, split_by: str, shared_run: int
+) -> None:
     notes_dir = shards_project / "data" / "notes"
-    survey = {
-        f: splits.FileSurvey(splits.content_hash(n), splits.tune_fingerprint(n))
-        for f, n in sequences.iter_file_notes(sequences.note_parts(notes_dir))
-    }
     files = pd.read_parquet(notes_dir / "files.parquet").query("status == 'ok'")
+    selection = sequences.Selection.from_params(config.Sequences())
+    survey, _, _ = sequences.survey_files(
+        sequences.note_parts(notes_dir), set(files["file_id"]), selection, shared_run
+    )
     groups = dict(zip(files["file_id"], files["group"], strict=True))
     keys = splits.split_keys(sorted(files["file_id"]), groups, survey, split_by)
     original = keys[file_id_of(note_corpus["chorales"][0])]
     # the same notes in other bytes share a key whatever split_by says
     assert keys[file_id_of(note_corpus["resaved"])] == original
     chorales = {keys[file_id_of(p)] for p in note_corpus["chorales"]}
+    # the re-harmonisation (its soprano in another key) shares long runs with the original
+    reharmonised = keys[file_id_of(note_corpus["reharmonised"])]
     if split_by == "file":
-        assert keys[file_id_of(note_corpus["reharmonised"])] != original
+        assert (reharmonised == original) == (shared_run > 0)
         assert len(chorales) == len(note_corpus["chorales"])
-    else:  # one folder group, joined to the re-harmonisation's group by nothing
+    else:  # one folder group, joined to the re-harmonisation's group by its runs only
         assert chorales == {"group:bach"}
+        assert reharmonised == ("group:bach" if shared_run else "group:other")
         assert keys[file_id_of(note_corpus["multi"])] == "group:synth"
+
+
+def test_shared_run_zero_turns_the_link_off_in_the_stage(
+    shards_project: Path, note_corpus: dict, tmp_path: Path
+) -> None:
+    project = make_project(tmp_path / "p", {"sequences": SEQUENCES_TEST_PARAMS})
+    shutil.copytree(shards_project / "data" / "notes", project / "data" / "notes")
+    metrics = sequences.run(
+        config.load(project, ["sequences.shared_run=0", "sequences.split_by=file"])
+    )
+    assert metrics["files_grouped_by_shared_runs"] == 0
+    assert manifest_of(project)["grouping"]["files_grouped_by_shared_runs"] == 0
+    by_id = splits_table(project).set_index("file_id")["split_key"]
+    original = by_id[file_id_of(note_corpus["chorales"][0])]
+    assert by_id[file_id_of(note_corpus["resaved"])] == original  # same notes: still linked
+    assert by_id[file_id_of(note_corpus["reharmonised"])] != original
+    assert metrics["split_keys"] == by_id.nunique()
 
 
 def test_chunks_match_the_note_tables_and_the_manifest_counts(shards_project: Path) -> None:

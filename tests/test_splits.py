@@ -121,3 +121,176 @@ def test_split_of_is_deterministic_and_respects_the_ratios() -> None:
     assert splits.split_of("key0", 42, {"train": 1.0, "val": 0.0, "test": 0.0}) == "train"
     no_val = {"train": 0.5, "val": 0.0, "test": 0.5}
     assert "val" not in {splits.split_of(k, 42, no_val) for k in keys[:2000]}
+
+
+# ---------------------------------------------------------------- shared runs (winnowing)
+
+RUN = 24  # the default sequences.shared_run
+
+
+def piece(voices: list[np.ndarray], *, step: float = 0.5, drums: int = 0) -> Notes:
+    """A file of monophonic voices, one track each (sorted by track, start, pitch as the note
+    tables are), and `drums` drum hits on a last track."""
+    tracks = [*voices, *([np.full(drums, 36)] if drums else [])]
+    cols: dict[str, list[np.ndarray]] = {"track": [], "start": [], "end": [], "pitch": []}
+    for track, pitches in enumerate(tracks):
+        start = np.arange(len(pitches), dtype=np.float32) * np.float32(step)
+        cols["track"].append(np.full(len(pitches), track, np.int16))
+        cols["start"].append(start)
+        cols["end"].append(start + np.float32(step))
+        cols["pitch"].append(np.asarray(pitches).astype(np.int8))
+    notes = {k: np.concatenate(v) for k, v in cols.items()}
+    notes["is_drum"] = notes["track"] == len(voices)
+    return notes
+
+
+def survey_of(notes: Notes, shared_run: int = RUN) -> FileSurvey:
+    """What the sequences stage's pass 1 keeps of a file."""
+    cuts = np.flatnonzero(np.diff(notes["track"])) + 1
+    melodies = [
+        pitches
+        for pitches, drum in zip(
+            np.split(notes["pitch"], cuts), np.split(notes["is_drum"], cuts), strict=True
+        )
+        if not drum[0]
+    ]
+    return FileSurvey(
+        splits.content_hash(notes),
+        splits.tune_fingerprint(notes),
+        splits.shared_run_fingerprints(melodies, shared_run),
+    )
+
+
+def keys_of(files: dict[str, Notes], split_by: str = "tune", shared_run: int = RUN) -> dict:
+    survey = {f: survey_of(n, shared_run) for f, n in files.items()}
+    return splits.split_keys(sorted(files), {}, survey, split_by)
+
+
+def voice(rng: np.random.Generator, n: int, low: int = 48, high: int = 84) -> np.ndarray:
+    return rng.integers(low, high, n)
+
+
+@pytest.mark.parametrize("shared_run", [8, 17, RUN, 40, 256])
+def test_every_run_of_shared_run_notes_in_any_key_keeps_a_shared_fingerprint(
+    shared_run: int,
+) -> None:
+    """Winnowing's guarantee: a run of shared_run notes, planted at random places in two long
+    random lines, the second transposed, leaves both with an equal fingerprint, every time."""
+    for seed in range(300):
+        rng = np.random.default_rng(seed)
+        run = voice(rng, shared_run, 50, 80)
+        a, b = voice(rng, int(rng.integers(shared_run, 1500))), voice(rng, 700)
+        i, j = int(rng.integers(0, len(a) - shared_run + 1)), int(rng.integers(0, 700 - shared_run))
+        a[i : i + shared_run] = run
+        b[j : j + shared_run] = run + int(rng.integers(-12, 13))
+        kept_a = splits.shared_run_fingerprints([a], shared_run)
+        kept_b = splits.shared_run_fingerprints([voice(rng, 50), b], shared_run)
+        assert np.intersect1d(kept_a, kept_b).size > 0, seed
+        # and two random lines share none
+        other = splits.shared_run_fingerprints([voice(rng, 700)], shared_run)
+        assert np.intersect1d(kept_a, other).size == 0, seed
+
+
+def test_winnowing_keeps_few_fingerprints_each_once_and_none_for_a_short_track() -> None:
+    rng = np.random.default_rng(3)
+    line = voice(rng, 10_000)
+    kept = splits.shared_run_fingerprints([line, line + 2], RUN)  # a doubled voice: once
+    w = RUN - splits.KGRAM
+    # a random order's minima: about 2 / (w + 1) of the k-grams (Schleimer et al.)
+    assert len(kept) == pytest.approx(2 / (w + 1) * len(line), rel=0.1)
+    assert np.all(np.diff(kept.astype(np.float64)) > 0)  # sorted, each once
+    assert splits.shared_run_fingerprints([line[: RUN - 1]], RUN).size == 0
+    assert splits.shared_run_fingerprints([line[:RUN]], RUN).size == 1
+
+
+def test_low_information_is_few_distinct_intervals_or_a_short_repeating_figure() -> None:
+    def by_definition(intervals: np.ndarray, k: int) -> list[bool]:
+        grams = [intervals[s : s + k].tolist() for s in range(len(intervals) - k + 1)]
+        return [
+            len(set(g)) < splits.MIN_DISTINCT_INTERVALS
+            or any(g[f:] == g[:-f] for f in range(1, splits.MAX_FIGURE + 1))
+            for g in grams
+        ]
+
+    rng = np.random.default_rng(5)
+    for k in (7, 12, 16):
+        for _ in range(50):
+            intervals = rng.choice([-2, 0, 2, 3, -5], 60, p=[0.3, 0.3, 0.2, 0.1, 0.1])
+            intervals[5:25] = np.tile([4, 3, -7, 0], 5)  # an arpeggio figure, period 4
+            intervals[30:50] = np.tile([2, -2, 5, -5, 1], 4)  # period 5: informative
+            got = splits.low_information(intervals.astype(np.int8), k)
+            assert got.tolist() == by_definition(intervals, k)
+            assert got.any() and not got.all()
+
+
+def test_a_transposed_reharmonisation_with_another_opening_lands_in_the_same_split() -> None:
+    """bwv258 and bwv114.7: one soprano, in another key, under other voices."""
+    rng = np.random.default_rng(11)
+    melody = voice(rng, 30, 60, 76)
+    soprano_a = np.r_[voice(rng, 10, 60, 76), melody]
+    soprano_b = np.r_[voice(rng, 6, 60, 76), melody + 5]
+    files = {
+        "a": piece([soprano_a, voice(rng, 40, 52, 66), voice(rng, 40, 40, 55)]),
+        "b": piece([soprano_b, voice(rng, 36, 52, 66), voice(rng, 36, 40, 55)], step=0.25),
+        "c": piece([voice(rng, 40, 60, 76), voice(rng, 40, 52, 66)]),
+    }
+    assert survey_of(files["a"]).tune != survey_of(files["b"]).tune  # other openings
+    for split_by in ("tune", "file", "group"):
+        assert keys_of(files, split_by) == {"a": "a", "b": "a", "c": "c"}
+    assert keys_of(files, shared_run=0) == {"a": "a", "b": "b", "c": "c"}  # the link off
+
+
+def test_a_short_shared_run_repeated_notes_a_figure_and_drums_link_nothing() -> None:
+    rng = np.random.default_rng(12)
+    short = voice(rng, splits.KGRAM, 60, 76)  # KGRAM notes: fewer intervals than one k-gram
+    repeated = np.full(60, 62)
+    figure = np.tile([48, 52, 55, 52], 15)  # an Alberti bass: a 4-interval figure, 60 notes
+    files = {
+        "a": piece([np.r_[voice(rng, 30), short, voice(rng, 30)], repeated, figure], drums=200),
+        "b": piece([np.r_[voice(rng, 20), short + 3, voice(rng, 40)], repeated + 7, figure + 2]),
+    }
+    assert keys_of(files, "file") == {"a": "a", "b": "b"}
+    # the same drum part, and nothing else, is no link either; played on a pitched track it is
+    kit = rng.integers(35, 60, 200)
+    drummed = {f: piece([voice(rng, 50)], drums=200) for f in "cd"}
+    for notes in drummed.values():
+        notes["pitch"][notes["is_drum"]] = kit
+    assert keys_of(drummed, "file") == {"c": "c", "d": "d"}
+    pitched = {f: {**n, "is_drum": np.zeros_like(n["is_drum"])} for f, n in drummed.items()}
+    assert keys_of(pitched, "file") == {"c": "c", "d": "c"}
+
+
+def test_a_resaved_near_duplicate_is_grouped() -> None:
+    """A Lakh-style re-save: timing nudged, a few notes of a track edited, a track dropped and
+    a drum track added; its notes differ (content hash), its opening too, but it is the song."""
+    rng = np.random.default_rng(13)
+    song = [voice(rng, 300, 60, 84), voice(rng, 200, 45, 60), voice(rng, 150, 30, 48)]
+    edited = [song[0].copy(), song[1].copy()]
+    edited[0][[0, 1, 2, 90, 180, 270]] += 1  # the opening and a note every 90
+    edited[1][::25] -= 2
+    original = piece(song)
+    resaved = piece(edited, drums=100)
+    resaved["start"] = resaved["start"] + rng.uniform(0, 0.004, len(resaved["start"])).astype(
+        np.float32
+    )
+    files = {"song": original, "song (2)": resaved, "other": piece([voice(rng, 300)])}
+    a, b = survey_of(original), survey_of(resaved)
+    assert a.content != b.content and a.tune != b.tune
+    assert keys_of(files, "file") == {"song": "song", "song (2)": "song", "other": "other"}
+
+
+def test_shared_run_pairs_link_each_file_to_the_first_holding_a_fingerprint() -> None:
+    runs = {
+        "a": [5, 9],
+        "b": [1, 9, 2**63 + 7],  # fingerprints in two pairing slices
+        "c": [9, 2**63 + 7],
+        "d": [3],
+        "e": [2**64 - 2],
+        "f": [2**64 - 2],
+    }
+    survey = {f: FileSurvey(f, None, np.array(r, np.uint64)) for f, r in runs.items()}
+    pairs = splits.shared_run_pairs(sorted(runs), survey)
+    assert pairs == [("a", "b"), ("a", "c"), ("b", "c"), ("e", "f")]
+    keys = splits.split_keys([*sorted(runs), "g"], {}, survey, "file", pairs)
+    assert keys == {"a": "a", "b": "a", "c": "a", "d": "d", "e": "e", "f": "e", "g": "g"}
+    assert splits.shared_run_pairs(["x"], {}) == []
