@@ -188,6 +188,16 @@ def val_windows(cfg: Config, manifest: Mapping[str, Any]) -> Any:
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
+def val_steps(cfg: Config, manifest: Mapping[str, Any]) -> int:
+    """The val split's batches, told to Keras: on a dataset of unknown length Keras runs one
+    step past its end, and that empty step counts as a zero in every val_<head>_loss (not in
+    val_loss), which pulls them, and val_monitor with them, low by a factor batches/(batches+1).
+    Left: Keras averages val_<head>_loss over batches, so a short last batch counts as a whole
+    one (val_loss weighs it by its windows); a small shift, the same in every epoch."""
+    batches = math.ceil(int(manifest["splits"]["val"]["windows"]) / cfg.train.batch_size)
+    return min(batches, cfg.train.validation_steps or batches)
+
+
 def steps_per_epoch(cfg: Config, manifest: Mapping[str, Any]) -> int:
     if cfg.train.steps_per_epoch:
         return cfg.train.steps_per_epoch
@@ -612,6 +622,7 @@ def run(cfg: Config) -> dict[str, Any]:
                     initial_epoch=epoch - 1,
                     epochs=epoch,
                     steps_per_epoch=cfg.train.steps_per_epoch or None,
+                    validation_steps=val_steps(cfg, manifest),
                     callbacks=[bar.callback, keras.callbacks.TerminateOnNaN()],
                     shuffle=False,  # the reader shuffles, by a seed per epoch
                     verbose=0,

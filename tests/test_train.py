@@ -69,13 +69,17 @@ def test_train_writes_the_model_history_and_metrics(trained: tuple[Path, dict, s
     assert set(saved["best"]) == {"val_loss", "val_monitor"} | {
         f"val_{h}_loss" for h in ("pitch", "step", "duration", "velocity")
     }
-    # the pitch loss alone chose the best epoch
+    # the pitch loss alone chose the best epoch, and Keras' val_loss is the loss weights' sum
     assert saved["monitor"] == "val_pitch_loss"
     assert list(history[0])[3] == "val_monitor"
     pitch = [float(r["val_pitch_loss"]) for r in history]
     assert [float(r["val_monitor"]) for r in history] == pytest.approx(pitch)
     assert saved["best_epoch"] == 1 + pitch.index(min(pitch))
     assert saved["best"]["val_monitor"] == pytest.approx(min(pitch))
+    weights = config.load(root).train.loss_weights
+    for row in history:
+        summed = train.monitored_loss({k: float(v) for k, v in row.items()}, weights)
+        assert summed == pytest.approx(float(row["val_loss"]), rel=1e-5)
     assert saved["windows_per_s"] * saved["seconds"] == pytest.approx(3 * 40 * 16, rel=0.015)
     # training is over: no checkpoints are left behind
     assert not any((root / ".lakhflow" / "work" / "train").glob("*/state.json"))
