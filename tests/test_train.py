@@ -425,3 +425,8 @@ def test_a_state_saved_before_the_monitor_still_loads(
     assert model == "epoch-0002.keras"
     assert "best weights" in caplog.text and "damaged" in caplog.text
     assert (resumed.best_epoch, resumed.best_monitor, resumed.wait) == (2, 4.2, 0)
+    # today's rows: the damaged best falls back to the checkpoint epoch's val_monitor
+    rows = [{**row, "val_monitor": row["val_loss"] - 2} for row in rows]
+    storage.write_json(tmp_path / "state.json", {**old, "history": rows, "best_epoch": 1})
+    resumed, _ = train.resume(tmp_path, lambda path: path.name)
+    assert (resumed.best_epoch, resumed.best_monitor) == (2, pytest.approx(2.2))
