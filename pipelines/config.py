@@ -16,7 +16,7 @@ import re
 from collections.abc import Hashable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -169,6 +169,12 @@ class Sequences(Section):
         return self
 
 
+def _known_heads(weights: Mapping[str, float]) -> None:
+    unknown = set(weights) - set(HEADS)
+    if unknown:
+        raise ValueError(f"unknown heads {sorted(unknown)}; heads are {', '.join(HEADS)}")
+
+
 class Train(Section):
     heads: Literal["categorical", "regression"] = "categorical"
     layers: int = Field(1, ge=1, le=8)
@@ -189,6 +195,14 @@ class Train(Section):
     loss_weights: dict[str, float] = Field(
         default_factory=lambda: {"pitch": 1.0, "step": 1.0, "duration": 1.0, "velocity": 0.5}
     )
+    # What early stopping and the best epoch watch: weights over the heads' val_<head>_loss, as
+    # Keras' loss_weights are over the losses. Pitch alone by default: the summed val_loss once
+    # stopped a run on a rising duration loss while pitch was still improving; loss_weights'
+    # values here give Keras' val_loss back. Only the ratios count; a weight above 1000 is a
+    # typo, and a huge one would overflow the sum to inf (then no epoch would ever be better).
+    monitor: dict[str, Annotated[float, Field(ge=0, le=1000)]] = Field(
+        default_factory=lambda: {"pitch": 1.0}
+    )
     seed: int = 42
     mixed_precision: Literal["auto", "on", "off"] = "auto"
     model_name: str = Field("lakhflow-lstm", min_length=1, max_length=MODEL_NAME_MAX)
@@ -206,12 +220,27 @@ class Train(Section):
     @field_validator("loss_weights")
     @classmethod
     def _loss_weights(cls, v: dict[str, float]) -> dict[str, float]:
-        unknown = set(v) - set(HEADS)
-        if unknown:
-            heads = ", ".join(HEADS)
-            raise ValueError(f"unknown heads {sorted(unknown)}; heads are {heads}")
+        _known_heads(v)
         if any(w < 0 for w in v.values()):
             raise ValueError("loss weights must be >= 0")
+        return v
+
+    @field_validator("monitor", mode="before")
+    @classmethod
+    def _monitor_by_name(cls, v: Any) -> Any:
+        if isinstance(v, str):  # Keras' EarlyStopping(monitor="val_loss") habit
+            raise ValueError(
+                "weights per head over val_<head>_loss, such as {pitch: 1} for val_pitch_loss, "
+                "or train.loss_weights' values for Keras' val_loss"
+            )
+        return v
+
+    @field_validator("monitor")
+    @classmethod
+    def _monitor(cls, v: dict[str, float]) -> dict[str, float]:
+        _known_heads(v)
+        if not any(w > 0 for w in v.values()):
+            raise ValueError("at least one monitored head needs a weight > 0, such as {pitch: 1}")
         return v
 
 

@@ -1,6 +1,9 @@
 """Train stage: reads data/shards (manifest, train and val windows), trains the LSTM with a
 checkpoint per epoch in .lakhflow/work/train/, and writes data/model/ and data/metrics/train.json;
 the run is tracked in MLflow and registered as a new `train.model_name` version, alias `candidate`.
+
+Early stopping and the best epoch follow `val_monitor`: the sum of the val_<head>_loss figures
+weighted by `train.monitor` (the pitch loss alone by default), not Keras' summed val_loss.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import numpy as np
 
 from pipelines import registry, storage, tracking
 from pipelines.config import MANIFEST_FILE, MODEL_FILE, Config
-from pipelines.errors import LakhflowError
+from pipelines.errors import LakhflowError, ParamsError
 from pipelines.model import (
     Placement,
     build_model,
@@ -41,6 +44,31 @@ STATE_FILE = "state.json"
 KEEP_EPOCHS = 2  # checkpoints kept, so a damaged newest one has one to fall back to
 # Validation windows at most kept in memory across epochs (about 0.5 KB each).
 VAL_CACHE_WINDOWS = 200_000
+MONITOR = "val_monitor"  # the history's column (and MLflow's metric) that early stopping watches
+
+
+def monitored_loss(row: Mapping[str, float], monitor: Mapping[str, float]) -> float:
+    """The figure early stopping watches in one epoch's row: `monitor`'s weights over the
+    heads' val_<head>_loss (Keras reports those unweighted, and val_loss as their sum weighted
+    by the loss weights, so monitor = loss weights gives val_loss back)."""
+    return sum(w * row[f"val_{head}_loss"] for head, w in monitor.items() if w)
+
+
+def monitor_formula(monitor: Mapping[str, float]) -> str:
+    """`monitor` as train.json and the log say it: "val_pitch_loss", "0.5*val_step_loss + ..."."""
+    terms = [(w, f"val_{head}_loss") for head, w in monitor.items() if w]
+    return " + ".join(name if w == 1 else f"{w:g}*{name}" for w, name in terms)
+
+
+def check_monitor(cfg: Config) -> None:
+    """train.monitor may only weigh heads the model has: regression heads have no velocity."""
+    heads = head_names(cfg.train.heads)
+    missing = sorted(set(cfg.train.monitor) - set(heads))
+    if missing:
+        raise ParamsError(
+            f"train.monitor: {', '.join(missing)} has no head when train.heads is "
+            f"{cfg.train.heads}; its heads are {', '.join(heads)}"
+        )
 
 
 @dataclass
@@ -52,7 +80,7 @@ class Progress:
     history: list[dict[str, float]] = field(default_factory=list)
     seconds: list[float] = field(default_factory=list)
     windows: list[int] = field(default_factory=list)
-    best_val_loss: float = math.inf
+    best_monitor: float = math.inf  # the best epoch's val_monitor
     best_epoch: int = 0
     wait: int = 0
     stopped: bool = False
@@ -63,26 +91,33 @@ class Progress:
 
     @classmethod
     def from_json(cls, data: Any) -> Progress:
-        """A state as saved; raises ValueError/TypeError/KeyError when it is not one."""
+        """A state as saved; raises ValueError/TypeError/KeyError when it is not one.
+
+        A state saved before train.monitor has `best_val_loss`, the summed val_loss that chose
+        its best epoch, and loads with that as its best figure. `run` never meets one: its params
+        lack train.monitor, so they hash to another work folder, and training starts over.
+        """
         known = set(cls.__dataclass_fields__)
         progress = cls(**{k: v for k, v in data.items() if k in known})
-        progress.best_val_loss = float(data.get("best_val_loss") or math.inf)
+        best = data["best_monitor"] if "best_monitor" in data else data.get("best_val_loss")
+        progress.best_monitor = math.inf if best is None else float(best)
         progress.epochs_done = int(progress.epochs_done)
         return progress
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
-        data["best_val_loss"] = None if math.isinf(self.best_val_loss) else self.best_val_loss
+        data["best_monitor"] = None if math.isinf(self.best_monitor) else self.best_monitor
         return data
 
     def save(self, work: Path) -> None:
         storage.write_json(work / STATE_FILE, self.to_json())
 
-    def update_early_stopping(self, epoch: int, val_loss: float, patience: int) -> bool:
-        """Keras' EarlyStopping rule (stop after `patience` epochs without a better val loss),
-        kept in the checkpoint so it survives a resume; True if this epoch is the best so far."""
-        if val_loss < self.best_val_loss:
-            self.best_val_loss, self.best_epoch, self.wait = val_loss, epoch, 0
+    def update_early_stopping(self, epoch: int, monitored: float, patience: int) -> bool:
+        """Keras' EarlyStopping rule (stop after `patience` epochs without a lower monitored
+        loss), kept in the checkpoint so it survives a resume; True if this epoch is the best
+        so far."""
+        if monitored < self.best_monitor:
+            self.best_monitor, self.best_epoch, self.wait = monitored, epoch, 0
             return True
         self.wait += 1
         if self.wait >= patience and epoch > 1:
@@ -151,6 +186,16 @@ def val_windows(cfg: Config, manifest: Mapping[str, Any]) -> Any:
     if n <= VAL_CACHE_WINDOWS:
         ds = ds.cache()
     return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def val_steps(cfg: Config, manifest: Mapping[str, Any]) -> int:
+    """The val split's batches, told to Keras: on a dataset of unknown length Keras runs one
+    step past its end, and that empty step counts as a zero in every val_<head>_loss (not in
+    val_loss), which pulls them, and val_monitor with them, low by a factor batches/(batches+1).
+    Left: Keras averages val_<head>_loss over batches, so a short last batch counts as a whole
+    one (val_loss weighs it by its windows); a small shift, the same in every epoch."""
+    batches = math.ceil(int(manifest["splits"]["val"]["windows"]) / cfg.train.batch_size)
+    return min(batches, cfg.train.validation_steps or batches)
 
 
 def steps_per_epoch(cfg: Config, manifest: Mapping[str, Any]) -> int:
@@ -255,7 +300,9 @@ def resume(work: Path, load: Any) -> tuple[Progress, Any]:
             )  # fmt: skip
             last = progress.history[-1]
             progress.best_weights, progress.best_epoch = None, progress.epochs_done
-            progress.best_val_loss, progress.wait = float(last["val_loss"]), 0
+            # rows saved before train.monitor have no val_monitor: val_loss chose their best
+            progress.best_monitor = float(last.get(MONITOR, last["val_loss"]))
+            progress.wait = 0
         return progress, model
     if any(path.exists() for path in work.glob("*.keras")):
         log.warning("no usable checkpoint in %s; training starts over", work)
@@ -427,10 +474,11 @@ def publish(
 
 
 def history_columns(history: list[dict[str, float]]) -> list[str]:
-    """epoch, loss, val_loss, then per head its loss and accuracy, train before val."""
+    """epoch, loss, val_loss, val_monitor, then per head its loss and accuracy, train before
+    val."""
     keys = {k for row in history for k in row}
     heads = [h for h in HEADS if f"{h}_loss" in keys]
-    order = ["epoch", "loss", "val_loss"]
+    order = ["epoch", "loss", "val_loss", MONITOR]
     order += [f"{p}{h}_{m}" for h in heads for m in ("loss", "accuracy") for p in ("", "val_")]
     return [k for k in order if k in keys] + sorted(keys - set(order))
 
@@ -471,8 +519,9 @@ def plot_losses(path: Path, history: list[dict[str, float]], heads: tuple[str, .
 
 
 def train_metrics(
-    progress: Progress, heads: tuple[str, ...], placement: Placement
+    progress: Progress, heads: tuple[str, ...], placement: Placement, monitor: Mapping[str, float]
 ) -> dict[str, Any]:
+    """train.json: `monitor` names the figure (val_monitor) that chose `best_epoch`."""
     last = progress.history[-1]
     best = next(r for r in progress.history if int(r["epoch"]) == progress.best_epoch)
     seconds = float(sum(progress.seconds))
@@ -480,14 +529,15 @@ def train_metrics(
     return {
         "epochs": len(progress.history),
         "best_epoch": progress.best_epoch,
+        "monitor": monitor_formula(monitor),
         "stopped_early": progress.stopped,
         "seconds": round(seconds, 2),
         "windows_per_s": round(windows / seconds, 1) if seconds > 0 else None,
         "device": placement.device,
         "strategy": placement.strategy_name,
         "mixed_precision": placement.mixed_precision,
-        "final": {k: last[k] for k in ["loss", "val_loss", *_loss_keys(heads)]},
-        "best": {k: best[k] for k in ["val_loss", *(f"val_{h}_loss" for h in heads)]},
+        "final": {k: last[k] for k in ["loss", "val_loss", MONITOR, *_loss_keys(heads)]},
+        "best": {k: best[k] for k in ["val_loss", MONITOR, *(f"val_{h}_loss" for h in heads)]},
     }
 
 
@@ -527,6 +577,7 @@ def run(cfg: Config) -> dict[str, Any]:
     import mlflow
     import tensorflow as tf
 
+    check_monitor(cfg)
     manifest, manifest_sha = read_shards_manifest(cfg)
     uri = tracking.check(cfg.paths)  # an unreachable server fails now, before any training
     work = storage.work_dir(cfg.paths.work, "train", work_key(cfg, manifest_sha))
@@ -571,6 +622,7 @@ def run(cfg: Config) -> dict[str, Any]:
                     initial_epoch=epoch - 1,
                     epochs=epoch,
                     steps_per_epoch=cfg.train.steps_per_epoch or None,
+                    validation_steps=val_steps(cfg, manifest),
                     callbacks=[bar.callback, keras.callbacks.TerminateOnNaN()],
                     shuffle=False,  # the reader shuffles, by a seed per epoch
                     verbose=0,
@@ -578,26 +630,29 @@ def run(cfg: Config) -> dict[str, Any]:
             seconds = time.perf_counter() - started
             bar.close()
             row = {"epoch": float(epoch)} | {k: float(v[-1]) for k, v in fit.history.items()}
+            row[MONITOR] = monitored_loss(row, cfg.train.monitor)
             check_finite(cfg, epoch, row)
             windows = min(bar.batches * cfg.train.batch_size, _epoch_windows(cfg, manifest))
             progress.history.append(row)
             progress.seconds.append(seconds)
             progress.windows.append(windows)
             progress.epochs_done = epoch
-            improved = progress.update_early_stopping(epoch, row["val_loss"], cfg.train.patience)
+            improved = progress.update_early_stopping(epoch, row[MONITOR], cfg.train.patience)
             runlog.epochs(progress)
             save_checkpoint(work, model, progress, improved)
             log.info(
-                "epoch %d: loss %.4f, val_loss %.4f (%.1f s)",
+                "epoch %d: loss %.4f, val_loss %.4f, %s %.4f (%.1f s)",
                 epoch,
                 row["loss"],
                 row["val_loss"],
+                MONITOR,
+                row[MONITOR],
                 seconds,
             )
 
         if progress.best_weights and progress.best_epoch != progress.epochs_done:
             model.load_weights(work / progress.best_weights)
-        metrics = train_metrics(progress, heads, placement)
+        metrics = train_metrics(progress, heads, placement, cfg.train.monitor)
         _write_outputs(cfg, model, progress, heads, metrics)
         info = publish(cfg, runlog, progress, work, metrics)
     except BaseException:
@@ -607,13 +662,14 @@ def run(cfg: Config) -> dict[str, Any]:
     mlflow.end_run()
     shutil.rmtree(work, ignore_errors=True)  # finished: the next run with these params starts anew
     log.info(
-        "Trained %d epochs on %s (best epoch %d, val loss %.4f) in %.0f s at %s windows/s. "
+        "Trained %d epochs on %s (best epoch %d, %s %.4f) in %.0f s at %s windows/s. "
         "Wrote %s (model.keras, history.csv, manifest.json, run.json) and %s. MLflow run %s; "
         "registered %s version %s with alias %s.",
         metrics["epochs"],
         placement.device,
         progress.best_epoch,
-        progress.best_val_loss,
+        metrics["monitor"],
+        progress.best_monitor,
         metrics["seconds"],
         metrics["windows_per_s"],
         cfg.paths.model,

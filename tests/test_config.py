@@ -119,6 +119,7 @@ def test_every_float_must_be_finite(key: str, value: str) -> None:
     [
         ("sequences.split={train: .nan, val: 0.1, test: 0.1}", "sequences.split.train"),
         ("train.loss_weights={pitch: .inf}", "train.loss_weights.pitch"),
+        ("train.monitor={pitch: .inf}", "train.monitor.pitch"),
         ("generate.temperature={pitch: .inf}", "generate.temperature.pitch"),
     ],
 )
@@ -137,6 +138,7 @@ def test_floats_inside_mappings_must_be_finite(override: str, key: str) -> None:
         ),
         ("train.learning_rate=1.5", "train.learning_rate: Input should be less than or equal to 1"),
         ("train.clipnorm=1e30", "train.clipnorm: Input should be less than or equal to 1000"),
+        ("train.monitor={pitch: 1.0e30}", "train.monitor.pitch: Input should be less than"),
         ("download.max_member_mb=1e300", "download.max_member_mb: Input should be less than"),
         ("download.timeout_s=1e9", "download.timeout_s: Input should be less than"),
         ("parse.timeout_s=1e9", "parse.timeout_s: Input should be less than"),
@@ -208,6 +210,37 @@ def test_cron_is_checked_as_prefect_checks_it(cron: str) -> None:
 def test_not_a_cron_names_the_key() -> None:
     with pytest.raises(ParamsError, match=r"^flows.pipeline_cron: expected a cron expression"):
         config.load(REPO, ["flows.pipeline_cron=not a cron"])
+
+
+def test_monitor_defaults_to_the_pitch_loss_and_takes_weights_per_head() -> None:
+    assert config.load(REPO).train.monitor == {"pitch": 1.0}
+    weights = "{pitch: 1, step: 1, duration: 1, velocity: 0.5}"
+    cfg = config.load(REPO, [f"train.monitor={weights}"])
+    assert cfg.train.monitor == cfg.train.loss_weights  # Keras' val_loss, as it was
+    assert config.load(REPO, ["train.monitor={pitch: 1, velocity: 0}"]).train.monitor == {
+        "pitch": 1.0,
+        "velocity": 0.0,
+    }
+
+
+@pytest.mark.parametrize(
+    ("monitor", "message"),
+    [
+        (
+            "{pitch: 1, harmony: 2}",
+            "train.monitor: unknown heads ['harmony']; heads are pitch, step, duration, velocity",
+        ),
+        ("{pitch: 0}", "train.monitor: at least one monitored head needs a weight > 0"),
+        ("{}", "train.monitor: at least one monitored head needs a weight > 0"),
+        ("{pitch: -1}", "train.monitor.pitch: Input should be greater than or equal to 0"),
+        ("val_loss", "train.monitor: weights per head over val_<head>_loss, such as {pitch: 1}"),
+    ],
+)
+def test_monitor_weighs_known_heads_only(monitor: str, message: str) -> None:
+    with pytest.raises(ParamsError) as info:
+        config.load(REPO, [f"train.monitor={monitor}"])
+    assert str(info.value).startswith(message)
+    assert "\n" not in str(info.value)
 
 
 @pytest.mark.parametrize(

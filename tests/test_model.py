@@ -188,9 +188,9 @@ def test_early_stopping_state_survives_a_resume(tmp_path: Path) -> None:
             progress.save(tmp_path)
             progress = Progress.from_json(json.loads((tmp_path / "state.json").read_text()))
     assert seen == [(1, True), (2, True), (3, False), (4, True), (5, False), (6, False)]
-    assert progress.stopped and progress.best_epoch == 4 and progress.best_val_loss == 1.9
+    assert progress.stopped and progress.best_epoch == 4 and progress.best_monitor == 1.9
     fresh, model = resume(tmp_path / "nowhere", load=None)
-    assert model is None and fresh.best_val_loss == math.inf
+    assert model is None and fresh.best_monitor == math.inf
 
 
 def test_a_head_with_a_single_class_trains_with_zero_loss() -> None:

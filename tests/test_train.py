@@ -66,9 +66,20 @@ def test_train_writes_the_model_history_and_metrics(trained: tuple[Path, dict, s
     assert saved == json.loads(json.dumps(metrics))
     assert saved["epochs"] == 3 and saved["device"].startswith("CPU")
     assert saved["final"]["val_loss"] == pytest.approx(float(history[-1]["val_loss"]))
-    assert set(saved["best"]) == {"val_loss"} | {
+    assert set(saved["best"]) == {"val_loss", "val_monitor"} | {
         f"val_{h}_loss" for h in ("pitch", "step", "duration", "velocity")
     }
+    # the pitch loss alone chose the best epoch, and Keras' val_loss is the loss weights' sum
+    assert saved["monitor"] == "val_pitch_loss"
+    assert list(history[0])[3] == "val_monitor"
+    pitch = [float(r["val_pitch_loss"]) for r in history]
+    assert [float(r["val_monitor"]) for r in history] == pytest.approx(pitch)
+    assert saved["best_epoch"] == 1 + pitch.index(min(pitch))
+    assert saved["best"]["val_monitor"] == pytest.approx(min(pitch))
+    weights = config.load(root).train.loss_weights
+    for row in history:
+        summed = train.monitored_loss({k: float(v) for k, v in row.items()}, weights)
+        assert summed == pytest.approx(float(row["val_loss"]), rel=1e-5)
     assert saved["windows_per_s"] * saved["seconds"] == pytest.approx(3 * 40 * 16, rel=0.015)
     # training is over: no checkpoints are left behind
     assert not any((root / ".lakhflow" / "work" / "train").glob("*/state.json"))
@@ -90,11 +101,14 @@ def test_train_run_is_tracked_and_registered_as_candidate(trained: tuple[Path, d
     assert tags["manifest_sha256"] == manifest_sha.hexdigest()
     assert tags["device"].startswith("CPU") and tags["source"] == "bach"
     assert len(tags["git_commit"]) == 40 and tags["splits_sha256"]
-    for key in ("val_pitch_loss", "pitch_accuracy", "val_velocity_accuracy", "step_loss"):
+    for key in ("val_pitch_loss", "val_monitor", "pitch_accuracy", "val_velocity_accuracy"):
         steps = [m.step for m in client.get_metric_history(run.info.run_id, key)]
         assert steps == [1, 2, 3], key
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"loss_curves.png", "summary.txt", "manifest.json", "history.csv"} <= artifacts
+    saved = json.loads((root / "data" / "metrics" / "train.json").read_text())
+    assert run.data.metrics["best_val_monitor"] == pytest.approx(saved["best"]["val_monitor"])
+    assert run.data.metrics["best_epoch"] == saved["best_epoch"]
 
     version = client.get_model_version_by_alias("lakhflow-lstm", "candidate")
     assert str(version.version) == info["model_version"] and version.run_id == run.info.run_id
@@ -119,14 +133,23 @@ def test_regression_heads_train_with_the_tutorials_outputs(
 ) -> None:
     from pipelines.model import example_inputs, load_model
 
-    root = train_project(tmp_path / "regression", shards, heads="regression", epochs=1)
+    root = train_project(
+        tmp_path / "regression", shards, heads="regression", epochs=1,
+        monitor={"pitch": 0.05, "duration": 1.0},
+    )  # fmt: skip
     metrics = train.run(config.load(root))
     assert set(metrics["best"]) == {
         "val_loss",
+        "val_monitor",
         "val_pitch_loss",
         "val_step_loss",
         "val_duration_loss",
     }
+    assert metrics["monitor"] == "0.05*val_pitch_loss + val_duration_loss"
+    best = metrics["best"]
+    assert best["val_monitor"] == pytest.approx(
+        0.05 * best["val_pitch_loss"] + best["val_duration_loss"]
+    )
     assert np.isfinite(metrics["final"]["val_loss"])
     model = load_model(root / "data" / "model" / "model.keras")
     out = model(example_inputs(batch=3, length=8))
@@ -299,3 +322,111 @@ def test_a_loss_that_is_not_finite_stops_training_in_one_line(project: Path) -> 
     train.check_finite(cfg, 2, {"loss": 2.5, "val_loss": 2.7})
     with pytest.raises(LakhflowError, match=r"diverged in epoch 4: val_loss is inf; nothing was"):
         train.check_finite(cfg, 4, {"loss": 2.5, "val_loss": math.inf})
+
+
+# --------------------------------------------------------------------------- the monitored loss
+
+
+def _epochs_until_stopped(
+    history: list[dict[str, float]], monitor: dict[str, float], patience: int
+) -> tuple[int, int]:
+    """(best epoch, last epoch trained) as `run` walks the history."""
+    progress = train.Progress()
+    for row in history:
+        epoch = int(row["epoch"])
+        progress.update_early_stopping(epoch, train.monitored_loss(row, monitor), patience)
+        if progress.stopped:
+            break
+    return progress.best_epoch, epoch
+
+
+def _made_up_history() -> list[dict[str, float]]:
+    """Pitch keeps improving to epoch 4 while the duration loss rises, so the summed val_loss
+    is best at epoch 2 (the longer demo run's story)."""
+    pitch = [3.0, 2.8, 2.6, 2.5, 2.52, 2.55, 2.4]
+    duration = [1.0, 1.0, 1.3, 1.6, 1.9, 2.2, 2.5]
+    rows = []
+    for epoch, (p, d) in enumerate(zip(pitch, duration, strict=True), start=1):
+        heads = {"val_pitch_loss": p, "val_step_loss": 1.0, "val_duration_loss": d}
+        heads["val_velocity_loss"] = 0.2
+        val_loss = p + 1.0 + d + 0.5 * 0.2  # Keras' sum under the default loss weights
+        rows.append({"epoch": float(epoch), "val_loss": val_loss, **heads})
+    return rows
+
+
+def test_early_stopping_and_the_best_epoch_follow_the_pitch_loss() -> None:
+    history = _made_up_history()
+    summed = [row["val_loss"] for row in history]
+    assert summed.index(min(summed)) + 1 == 2 and summed[3] > summed[1]
+
+    default = config.Train().monitor
+    assert default == {"pitch": 1.0}
+    # pitch: best at epoch 4; epochs 5 and 6 are no better, so patience 2 stops after epoch 6
+    assert _epochs_until_stopped(history, default, patience=2) == (4, 6)
+    # the old rule, Keras' val_loss, is the loss weights as monitor: best at 2, stopped after 4
+    keras_sum = config.Train().loss_weights
+    assert [train.monitored_loss(r, keras_sum) for r in history] == pytest.approx(summed)
+    assert _epochs_until_stopped(history, keras_sum, patience=2) == (2, 4)
+    # a weighted sum the params name: duration at half weight, best at epoch 3
+    assert _epochs_until_stopped(history, {"pitch": 1.0, "duration": 0.5}, patience=2) == (3, 5)
+
+
+@pytest.mark.parametrize(
+    ("monitor", "formula"),
+    [
+        ({"pitch": 1.0}, "val_pitch_loss"),
+        ({"pitch": 1.0, "step": 0.0, "duration": 0.5}, "val_pitch_loss + 0.5*val_duration_loss"),
+    ],
+)
+def test_train_json_names_the_monitored_figure(monitor: dict[str, float], formula: str) -> None:
+    assert train.monitor_formula(monitor) == formula
+
+
+def test_a_monitored_head_the_model_lacks_is_a_params_error(project: Path) -> None:
+    from pipelines.errors import ParamsError
+
+    cfg = config.load(project, ["train.heads=regression", "train.monitor={pitch: 1, velocity: 1}"])
+    with pytest.raises(ParamsError) as info:
+        train.run(cfg)  # before anything else: no shards are needed to say so
+    assert str(info.value) == (
+        "train.monitor: velocity has no head when train.heads is regression; "
+        "its heads are pitch, step, duration"
+    )
+
+
+def test_a_state_saved_before_the_monitor_still_loads(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The old code's state: `best_val_loss` and rows without val_monitor. It loads, its best
+    figure is the summed val_loss that chose it; with its best weights damaged, the checkpoint's
+    epoch becomes the best by that row's val_loss. (`run` itself starts such a run over: the old
+    params lack train.monitor, so they hash to another work folder.)"""
+    rows = [
+        {"epoch": 1.0, "loss": 5.0, "val_loss": 4.5},
+        {"epoch": 2.0, "loss": 4.0, "val_loss": 4.2},
+    ]
+    old = {
+        "epochs_done": 2, "run_id": "run-1", "history": rows, "seconds": [1.0, 1.0],
+        "windows": [640, 640], "best_val_loss": 4.2, "best_epoch": 2, "wait": 0,
+        "stopped": False, "checkpoint": "epoch-0002.keras", "best_weights": "best-0002.weights.h5",
+        "logged_epochs": 2, "params_logged": True,
+    }  # fmt: skip
+    progress = train.Progress.from_json(old)
+    assert (progress.best_monitor, progress.best_epoch, progress.epochs_done) == (4.2, 2, 2)
+    assert "best_val_loss" not in progress.to_json()
+    assert train.Progress.from_json(progress.to_json()) == progress
+    fresh = train.Progress.from_json({**old, "best_val_loss": None})
+    assert fresh.best_monitor == math.inf
+
+    storage.write_json(tmp_path / "state.json", {**old, "best_epoch": 1, "wait": 1})
+    (tmp_path / "epoch-0002.keras").write_text("good")
+    (tmp_path / "best-0002.weights.h5").write_text("cut")
+    resumed, model = train.resume(tmp_path, lambda path: path.name)
+    assert model == "epoch-0002.keras"
+    assert "best weights" in caplog.text and "damaged" in caplog.text
+    assert (resumed.best_epoch, resumed.best_monitor, resumed.wait) == (2, 4.2, 0)
+    # today's rows: the damaged best falls back to the checkpoint epoch's val_monitor
+    rows = [{**row, "val_monitor": row["val_loss"] - 2} for row in rows]
+    storage.write_json(tmp_path / "state.json", {**old, "history": rows, "best_epoch": 1})
+    resumed, _ = train.resume(tmp_path, lambda path: path.name)
+    assert (resumed.best_epoch, resumed.best_monitor) == (2, pytest.approx(2.2))
