@@ -32,9 +32,11 @@ def summarize(paths: Paths) -> str:
         lines.append(f"sequences windows of {manifest['seq_length'] + 1} notes: {counts}")
     if train := _read(paths.train_metrics):
         best = train["best"]
+        monitored = best.get("val_monitor", best["val_loss"])  # train.json before train.monitor
         lines.append(
             f"train     {train['epochs']} epochs on {train['device']}, {train['seconds']:.0f} s; "
-            f"best val loss {best['val_loss']:.3f} (pitch {best.get('val_pitch_loss', 0):.3f})"
+            f"best {train.get('monitor', 'val_loss')} {monitored:.3f}"
+            f" in epoch {train.get('best_epoch', '?')} (val loss {best['val_loss']:.3f})"
         )
     if generated := _read(paths.generated_manifest):
         pieces = generated.get("pieces", [])

@@ -30,7 +30,9 @@ TRAIN = {
     "epochs": 3,
     "device": "CPU:0",
     "seconds": 61.6,
-    "best": {"val_loss": 2.34567, "val_pitch_loss": 1.23449},
+    "best_epoch": 2,
+    "monitor": "val_pitch_loss",
+    "best": {"val_loss": 2.34567, "val_pitch_loss": 1.23449, "val_monitor": 1.23449},
 }
 GENERATED = {"pieces": [{"midi": "piece-000.mid"}, {"midi": "piece-001.mid"}]}
 EVAL = {
@@ -90,7 +92,7 @@ def test_every_stage_in_pipeline_order(tmp_path: Path) -> None:
     assert lines(tmp_path) == [
         parse_line(),
         "sequences windows of 25 notes: train 10,500, val 900, test 1,200",
-        "train     3 epochs on CPU:0, 62 s; best val loss 2.346 (pitch 1.234)",
+        "train     3 epochs on CPU:0, 62 s; best val_pitch_loss 1.234 in epoch 2 (val loss 2.346)",
         f"generate  2 pieces in {data / 'generated'}",
         "evaluate  pitch NLL 1.876 = 0.81 x the bigram's; overlap with real 0.67 = 0.80 x real "
         "vs real's, NOT above shuffled notes' 0.75; "
@@ -128,10 +130,12 @@ def test_a_stage_not_run_is_left_out(tmp_path: Path, missing: str) -> None:
 
 def test_older_metrics_without_optional_keys(tmp_path: Path) -> None:
     """A train.json without the pitch loss and a generate manifest without pieces still read."""
-    write(tmp_path / "data/metrics/train.json", TRAIN | {"best": {"val_loss": 1.0}})
+    # train.json from before train.monitor: the summed val loss chose the best epoch
+    old = {k: v for k, v in TRAIN.items() if k != "monitor"} | {"best": {"val_loss": 1.0}}
+    write(tmp_path / "data/metrics/train.json", old)
     write(tmp_path / "data/generated/manifest.json", {"seed": 1})
     assert lines(tmp_path) == [
-        "train     3 epochs on CPU:0, 62 s; best val loss 1.000 (pitch 0.000)",
+        "train     3 epochs on CPU:0, 62 s; best val_loss 1.000 in epoch 2 (val loss 1.000)",
         f"generate  0 pieces in {tmp_path / 'data' / 'generated'}",
         BROWSE,
     ]
