@@ -1,5 +1,8 @@
 """Evaluate stage: reads data/model, the test and train splits (data/shards, data/notes) and
-the generated MIDI (data/generated); writes data/metrics/eval.json and data/evaluation/ (plots,
+the generated MIDI (data/generated); scores the model and count baselines on the test windows,
+judges the generated music against real excerpts and two controls (controls.py), looks for runs
+copied from the training files; writes data/metrics/eval.json (every figure),
+data/metrics/headline.json (the few `dvc metrics` shows) and data/evaluation/ (plots,
 report.html), logs them to the model's MLflow run and tags the headline on its registered version.
 """
 

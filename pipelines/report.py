@@ -264,7 +264,7 @@ def report_html(result: Mapping[str, Any], pictures: Sequence[Path]) -> str:
         "table{border-collapse:collapse;margin:0.5em 0 1.5em}"
         "td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}"
         "th{background:#f3f3f3}td:first-child,td:nth-child(2),th:nth-child(2){text-align:left}"
-        "img{max-width:100%}"
+        "td:nth-child(n+3){white-space:nowrap}img{max-width:100%}"
     )
     n = music["set_size"]
     return f"""<!doctype html>
