@@ -59,7 +59,9 @@ def corpus_composers() -> list[str]:
 
 def composer_items(composer: str) -> list[Item]:
     """The works of one composer (a top folder) of the music21 corpus, named
-    `<composer>/<work>.mid` (the folder's subfolders kept), sorted.
+    `<composer>/<work>.mid`, sorted. A work in a subfolder (beethoven/opus18no1/movement1) is
+    named `opus18no1-movement1`, so the folder holding every work, the parse stage's group, is
+    the composer.
 
     The corpus's Roman-numeral analyses (.rntxt) are chord analyses, not works, and are left
     out; a work stored in two encodings is taken once, from its MusicXML. An ABC file of n > 1
@@ -74,7 +76,7 @@ def composer_items(composer: str) -> list[Item]:
         if found.suffix.lower() not in SCORE_SUFFIXES:
             continue
         relative = found.relative_to(root) if found.is_relative_to(root) else Path(found.name)
-        work = f"{composer}/{relative.with_suffix('').as_posix()}"
+        work = f"{composer}/{'-'.join(relative.with_suffix('').parts)}"
         tunes = len(abc_tunes(found.read_text(errors="replace"))) if _is_abc(found) else 1
         if tunes == 1:
             candidates = [Item(f"{work}.mid", found)]

@@ -144,6 +144,9 @@ def test_composer_items_name_works_by_composer_and_tune() -> None:
     ]
     essen = [i.name for i in scores.composer_items("essenFolksong")]
     assert essen[:2] == ["essenFolksong/altdeu10-001.mid", "essenFolksong/altdeu10-002.mid"]
+    beethoven = [i.name for i in scores.composer_items("beethoven")]  # works in opus folders
+    assert "beethoven/opus18no1-movement1.mid" in beethoven
+    assert all(name.count("/") == 1 for name in beethoven)  # the group is the composer
     monteverdi = scores.composer_items("monteverdi")  # .mxl works; .rntxt analyses left out
     assert monteverdi and all(i.path.suffix == ".mxl" and i.tune is None for i in monteverdi)
 
