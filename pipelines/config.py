@@ -62,7 +62,9 @@ COMPOSER = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 
 class Download(Section):
     source: Source = "bach"
-    limit: int = Field(0, ge=0, description="take the first N files (0: all)")
+    limit: int = Field(
+        0, ge=0, description="take the first N files (0: all); for music21, N of each composer"
+    )
     url: str | None = None
     md5: str | None = Field(None, pattern=r"^[0-9a-fA-F]{32}$")
     sha256: str | None = Field(None, pattern=r"^[0-9a-fA-F]{64}$")

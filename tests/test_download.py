@@ -402,6 +402,25 @@ def test_music21_composers_become_top_folders_the_same_bytes_in_every_process(
         assert pretty_midi.PrettyMIDI(io.BytesIO(data)).instruments[0].notes
 
 
+def test_a_corpus_work_music21_cannot_convert_is_skipped_with_its_reason(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The fourth of ryansMammoth's reels has repeats music21 (10.5) cannot expand: it is
+    counted and named with its reason, and the fifth takes its place under download.limit."""
+    sets = ["download.composers=[ryansMammoth]", "download.limit=4", "download.workers=1"]
+    cfg = config.load(tmp_path, ["download.source=music21", *sets])
+    with caplog.at_level(logging.INFO, logger="pipelines.download"):
+        metrics = download.run(cfg)
+    got = members(tmp_path / "data/raw/music21.tar.gz")
+    assert len(got) == 4 and "ryansMammoth/AbithaMugginsFavoriteReel.mid" not in got
+    assert metrics["failed"] == 1 and metrics["composers"] == {"ryansMammoth": 4}
+    (summary,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("download:")]
+    assert (
+        "1 skipped, failing to convert: ryansMammoth/AbithaMugginsFavoriteReel.mid "
+        "(ExpanderException: cannot expand Stream: badly formed repeats"
+    ) in summary
+
+
 def test_an_unknown_composer_is_one_line_listing_the_corpus(tmp_path: Path) -> None:
     sets = ["-S", "download.source=music21", "-S", "download.composers=[bach, mozzart]"]
     result = run_cli(["lakhflow", "download", *sets], cwd=tmp_path)
