@@ -53,12 +53,18 @@ class Section(BaseModel):
 
 
 LakhSource = Literal["lmd_full", "lmd_matched", "lmd_aligned", "clean_midi"]
-Source = Literal["bach", "lmd_full", "lmd_matched", "lmd_aligned", "clean_midi", "url", "path"]
+Source = Literal[
+    "bach", "music21", "lmd_full", "lmd_matched", "lmd_aligned", "clean_midi", "url", "path"
+]
+# a top folder of music21's corpus: bach, essenFolksong, nottingham-dataset, johnson_j_r
+COMPOSER = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 
 
 class Download(Section):
     source: Source = "bach"
-    limit: int = Field(0, ge=0, description="take the first N files (0: all)")
+    limit: int = Field(
+        0, ge=0, description="take the first N files (0: all); for music21, N of each composer"
+    )
     url: str | None = None
     md5: str | None = Field(None, pattern=r"^[0-9a-fA-F]{32}$")
     sha256: str | None = Field(None, pattern=r"^[0-9a-fA-F]{64}$")
@@ -74,6 +80,19 @@ class Download(Section):
     # connection, which a retry serves better
     timeout_s: float = Field(30.0, gt=0, le=3600)
     workers: int = Field(0, ge=0, description="processes converting scores to MIDI (0: cores)")
+    # for source=music21: top folders of music21's corpus, each the group (style) of its works;
+    # which names exist is music21's to say, so the download stage checks them
+    composers: list[str] = Field(default_factory=lambda: ["bach"], min_length=1, max_length=100)
+
+    @field_validator("composers")
+    @classmethod
+    def _composers(cls, v: list[str]) -> list[str]:
+        for name in v:
+            if not COMPOSER.fullmatch(name):
+                raise ValueError(f"{name!r} is not a folder name of music21's corpus")
+        if len(set(v)) < len(v):
+            raise ValueError("names a composer twice")
+        return v
 
     @field_validator("md5", "sha256", mode="before")
     @classmethod

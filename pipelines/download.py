@@ -24,8 +24,16 @@ from tqdm import tqdm
 
 from pipelines import archive, storage
 from pipelines.config import Config, Download
-from pipelines.errors import LakhflowError
-from pipelines.scores import Item, bach_items, folder_items, gather, walk_folder
+from pipelines.errors import LakhflowError, ParamsError
+from pipelines.scores import (
+    Item,
+    bach_items,
+    composer_items,
+    corpus_composers,
+    folder_items,
+    gather,
+    walk_folder,
+)
 from pipelines.transfer import Partial, Remote, fetch
 
 log = logging.getLogger(__name__)
@@ -60,6 +68,8 @@ def run(cfg: Config) -> dict[str, Any]:
     dest = cfg.paths.raw_archive(d.source)
     if d.source == "bach":
         published = _from_bach(cfg, dest)
+    elif d.source == "music21":
+        published = _from_music21(cfg, dest)
     elif d.source == "path":
         published = _from_path(cfg, dest)
     else:
@@ -241,11 +251,31 @@ def _hard_link(source: Path, link: Path) -> bool:
     return True
 
 
-# --- bach and path: collections built here, converted to MIDI -------------------------------
+# --- bach, music21 and path: collections built here, converted to MIDI ----------------------
 
 
 def _from_bach(cfg: Config, dest: Path) -> Published:
-    return _build(cfg, bach_items(), dest)
+    return _build(cfg, [bach_items()], dest)
+
+
+def _from_music21(cfg: Config, dest: Path) -> Published:
+    """The works of `download.composers` from music21's corpus, `download.limit` of each."""
+    composers = cfg.download.composers
+    known = corpus_composers()
+    unknown = [name for name in composers if name not in known]
+    if unknown:
+        raise ParamsError(
+            f"download.composers: {', '.join(map(repr, unknown))} not in music21's corpus, "
+            f"which has {', '.join(known)}"
+        )
+    published = _build(cfg, [composer_items(name) for name in composers], dest)
+    counts = dict.fromkeys(composers, 0)
+    with tarfile.open(dest) as tar:
+        for name in tar.getnames():
+            counts[name.split("/", 1)[0]] += 1
+    published.notes.insert(0, ", ".join(f"{name} {n}" for name, n in counts.items()))
+    published.metrics["composers"] = counts
+    return published
 
 
 def _from_path(cfg: Config, dest: Path) -> Published:
@@ -264,7 +294,7 @@ def _from_path(cfg: Config, dest: Path) -> Published:
                 f"download.path {d.path!r} holds no MIDI (.mid, .midi) or scores "
                 f"(.krn, .abc, .mxl, .musicxml, .xml){skipped}"
             )
-        published = _build(cfg, items, dest)
+        published = _build(cfg, [items], dest)
         published.metrics["links_outside"] = outside
         if outside:
             published.notes.append(
@@ -285,8 +315,9 @@ def _from_path(cfg: Config, dest: Path) -> Published:
     return _publish_archive(source, dest, d.limit, max_bytes, verified, notes, {}, link=False)
 
 
-def _build(cfg: Config, items: list[Item], dest: Path) -> Published:
-    """Convert the scores among `items` (cached per score), then write one sorted archive."""
+def _build(cfg: Config, groups: list[list[Item]], dest: Path) -> Published:
+    """Convert the scores of each group of items (cached per score), `download.limit` of each
+    group at most, then write one sorted archive."""
     import music21
 
     d = cfg.download
@@ -294,9 +325,16 @@ def _build(cfg: Config, items: list[Item], dest: Path) -> Published:
     cache = storage.work_dir(
         cfg.paths.work, "download/scores", {"music21": music21.__version__, "midi": 1}
     )
-    ready, failed, counts = gather(
-        items, cache, workers=d.workers, limit=d.limit, max_bytes=max_bytes
-    )
+    ready: dict[str, Path] = {}
+    failed: dict[str, str] = {}
+    counts = {"converted": 0, "cached": 0}
+    for items in groups:
+        done, lost, tally = gather(
+            items, cache, workers=d.workers, limit=d.limit, max_bytes=max_bytes
+        )
+        ready.update(done)
+        failed.update(lost)
+        counts = {key: counts[key] + tally[key] for key in counts}
     if not ready:
         raise LakhflowError(f"no file could be converted to MIDI ({len(failed)} failed)")
     with storage.atomic_path(dest) as tmp, open(tmp, "wb") as out:

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pretty_midi
 import pytest
-from conftest import make_project, run_cli
+from conftest import another_hash_seed, make_project, run_cli
 from httpserver import ENDLESS_S, ArchiveServer, serving
 
 from pipelines import archive, config, download
@@ -373,6 +373,80 @@ def test_bach_limit_5_gives_5_midi_files_pretty_midi_reads(tmp_path: Path) -> No
     again = download.run(cfg)  # from the per-score cache, byte for byte
     assert again["cached"] == 5 and again["converted"] == 0
     assert again["md5"] == metrics["md5"]
+
+
+# Two small folk collections of music21's corpus: tunes of multi-tune ABC files, quick to convert.
+FOLK = ["download.source=music21", "download.composers=[nottingham-dataset, essenFolksong]"]
+
+
+def test_music21_composers_become_top_folders_the_same_bytes_in_every_process(
+    tmp_path: Path,
+) -> None:
+    archives = []
+    for run, seed in enumerate(("0", another_hash_seed())):
+        root = tmp_path / f"run{run}"
+        root.mkdir()
+        (root / "params.yaml").write_text("download: {}\n")
+        sets = [x for o in [*FOLK, "download.limit=2", "download.workers=1"] for x in ("-S", o)]
+        result = run_cli(["lakhflow", "download", *sets], cwd=root, PYTHONHASHSEED=seed)
+        assert result.returncode == 0, result.stderr
+        assert "nottingham-dataset 2, essenFolksong 2" in result.stderr
+        archives.append((root / "data/raw/music21.tar.gz").read_bytes())
+    assert archives[0] == archives[1]
+    got = members(tmp_path / "run0/data/raw/music21.tar.gz")
+    assert sorted(got) == [
+        "essenFolksong/altdeu10-001.mid", "essenFolksong/altdeu10-002.mid",
+        "nottingham-dataset/reelsa-c-1.mid", "nottingham-dataset/reelsa-c-2.mid",
+    ]  # fmt: skip
+    for data in got.values():
+        assert pretty_midi.PrettyMIDI(io.BytesIO(data)).instruments[0].notes
+
+
+def test_a_corpus_work_music21_cannot_convert_is_skipped_with_its_reason(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The fourth of ryansMammoth's reels has repeats music21 (10.5) cannot expand: it is
+    counted and named with its reason, and the fifth takes its place under download.limit."""
+    sets = ["download.composers=[ryansMammoth]", "download.limit=4", "download.workers=1"]
+    cfg = config.load(tmp_path, ["download.source=music21", *sets])
+    with caplog.at_level(logging.INFO, logger="pipelines.download"):
+        metrics = download.run(cfg)
+    got = members(tmp_path / "data/raw/music21.tar.gz")
+    assert len(got) == 4 and "ryansMammoth/AbithaMugginsFavoriteReel.mid" not in got
+    assert metrics["failed"] == 1 and metrics["composers"] == {"ryansMammoth": 4}
+    (summary,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("download:")]
+    assert (
+        "1 skipped, failing to convert: ryansMammoth/AbithaMugginsFavoriteReel.mid "
+        "(ExpanderException: cannot expand Stream: badly formed repeats"
+    ) in summary
+
+
+def test_an_unknown_composer_is_one_line_listing_the_corpus(tmp_path: Path) -> None:
+    sets = ["-S", "download.source=music21", "-S", "download.composers=[bach, mozzart]"]
+    result = run_cli(["lakhflow", "download", *sets], cwd=tmp_path)
+    assert result.returncode == 2
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith(
+        "lakhflow download: error: download.composers: 'mozzart' not in music21's corpus, "
+        "which has airdsAirs, bach, beach,"
+    )
+    assert "essenFolksong" in line and "palestrina" in line
+    assert not (tmp_path / "data/raw/music21.tar.gz").exists()
+
+
+@pytest.mark.parametrize(
+    ("value", "says"),
+    [
+        ("[]", "at least 1 item"),
+        ("[bach, bach]", "names a composer twice"),
+        ("[../x]", "folder name"),
+    ],
+)
+def test_download_composers_must_be_distinct_folder_names(
+    tmp_path: Path, value: str, says: str
+) -> None:
+    with pytest.raises(ParamsError, match=says):
+        config.load(tmp_path, ["download.source=music21", f"download.composers={value}"])
 
 
 ABC_TUNE = """X:1
