@@ -541,9 +541,10 @@ def add_stream(
 
 
 def counts_of(values: np.ndarray) -> Counter[int]:
-    """How often each value occurs, as a Counter of Python ints."""
-    found, counts = np.unique(values, return_counts=True)
-    return Counter(dict(zip(found.tolist(), counts.tolist(), strict=True)))
+    """How often each value (a small int >= 0) occurs, as a Counter of Python ints."""
+    counts = np.bincount(values)  # a tenth of np.unique's time, which sorts
+    found = np.flatnonzero(counts)
+    return Counter(dict(zip(found.tolist(), counts[found].tolist(), strict=True)))
 
 
 def tempo_cells(notes: Notes, rows: np.ndarray, cells: int) -> np.ndarray:
