@@ -174,10 +174,6 @@ class Selection:
         """The length filters, of a stream of n notes."""
         return self._check(FILTERS[3:], (n >= self.min_notes, n >= self.window), count)
 
-    def passes(self, program: int, is_drum: bool, n: int, *, count: bool = False) -> bool:
-        """A track's filters in track mode (in score mode the length is the score's)."""
-        return self.plays(program, is_drum, count=count) and self.long_enough(n, count=count)
-
     def _check(self, names: tuple[str, ...], checks: tuple[bool, ...], count: bool) -> bool:
         for name, ok in zip(names, checks, strict=True):
             if not ok:
