@@ -123,6 +123,12 @@ class Parse(Section):
 
 
 class Sequences(Section):
+    # track: one stream per track (the TensorFlow tutorial's); score: a file's selected tracks
+    # merged into one time-ordered stream. track stays the default until the model reads parts.
+    mode: Literal["score", "track"] = "track"
+    # a file's tracks of one instrument class are ranked by median pitch (1 = highest); ranks
+    # past this share the last part. 16 covers any real ensemble's voices of one class.
+    max_part_rank: int = Field(4, ge=1, le=16)
     programs: list[int | str] = Field(default_factory=list)
     include_drums: bool = False
     instrument: Literal["all", "most_common"] = "all"

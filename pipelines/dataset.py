@@ -24,8 +24,9 @@ CHUNK_SHUFFLE_BUFFER = 256  # chunks (of up to chunk_notes notes) in the shuffle
 MAX_PITCH = 127
 
 _DTYPES = {"int64": tf.int64, "float": tf.float32}
-_PARSE_SPEC = {  # what the shard writer wrote (schema.CHUNK_*): the notes and their program
-    **{name: tf.io.RaggedFeature(_DTYPES[kind]) for name, kind in CHUNK_NOTE_FEATURES.items()},
+_PARSE_SPEC = {  # what the model reads of the shard writer's chunks (schema.CHUNK_*): the notes
+    # and their program; not `part` yet, so windows are what they were before chunks had parts
+    **{name: tf.io.RaggedFeature(_DTYPES[CHUNK_NOTE_FEATURES[name]]) for name in NOTE_FEATURES},
     "program": tf.io.FixedLenFeature([], _DTYPES[CHUNK_CONTEXT_FEATURES["program"]]),
 }
 
@@ -49,13 +50,16 @@ def shard_paths(shard_dir: Path, split: str, manifest: dict[str, Any] | None = N
 
 
 def chunks(shard_dir: Path, split: str) -> Iterator[dict[str, Any]]:
-    """Every chunk of a split, in shard order: note arrays plus program, file_id, track, offset."""
+    """Every chunk of a split, in shard order: note arrays (with `part` where the shards have
+    it) plus program, file_id, track (-1: a merged score), offset."""
     from tensorflow.core.example import example_pb2
 
     for path in shard_paths(shard_dir, split):
         for record in tf.data.TFRecordDataset(str(path), compression_type="GZIP"):
             feature = example_pb2.Example.FromString(record.numpy()).features.feature
+            parts = {"part": np.asarray(feature["part"].int64_list.value, dtype=np.int32)}
             yield {
+                **(parts if "part" in feature else {}),
                 "pitch": np.asarray(feature["pitch"].int64_list.value, dtype=np.int32),
                 "step": np.asarray(feature["step"].float_list.value, dtype=np.float32),
                 "duration": np.asarray(feature["duration"].float_list.value, dtype=np.float32),

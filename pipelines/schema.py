@@ -51,17 +51,27 @@ FILES = pa.schema(
 SPLITS = pa.schema([("file_id", pa.string()), ("split_key", pa.string()), ("split", pa.string())])
 SPLIT_NAMES = ("train", "val", "test")
 
-# One tf.train.Example per track chunk: the per-note features, and the chunk's identity. The
-# shard writer (shards.chunk_example) and the reader (dataset) both follow these.
-CHUNK_NOTE_FEATURES = {"pitch": "int64", "step": "float", "duration": "float", "velocity": "int64"}
+# One tf.train.Example per chunk of a stream (a track, or a score's merged tracks): the per-note
+# features, and the chunk's identity. The shard writer (shards.chunk_example) and the reader
+# (dataset) both follow these. `part` is the note's index in the manifest's part vocabulary
+# (sequences: an instrument class and a rank by pitch); `track` is -1 for a merged score.
+CHUNK_NOTE_FEATURES = {
+    "pitch": "int64",
+    "step": "float",
+    "duration": "float",
+    "velocity": "int64",
+    "part": "int64",
+}
 CHUNK_CONTEXT_FEATURES = {
     "program": "int64",
     "file_id": "bytes",
     "track": "int64",
     "offset": "int64",
 }
-# A note as the model sees it, and its heads (one per feature, in this order).
-NOTE_FEATURES = tuple(CHUNK_NOTE_FEATURES)
+SCORE_TRACK = -1  # the `track` of a merged score's chunks
+# A note as the model sees it, and its heads (one per feature, in this order): the model does
+# not read `part` yet.
+NOTE_FEATURES = ("pitch", "step", "duration", "velocity")
 HEADS = NOTE_FEATURES
 BINNED_HEADS = ("step", "duration", "velocity")  # categorical over the manifest's bins
 PITCHES = 128  # MIDI pitches: the pitch head's classes

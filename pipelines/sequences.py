@@ -1,9 +1,26 @@
-"""Sequences stage: the note tables become track chunks in GZIP TFRecord shards, split and binned.
+"""Sequences stage: the note tables become streams of notes, chunked into GZIP TFRecord shards,
+split and binned.
 
 Reads `data/notes/notes-*.parquet` and `data/notes/files.parquet`; writes `data/shards/`:
 `{train,val,test}-NNNNN-of-MMMMM.tfrecord.gz`, `splits.parquet` and `manifest.json` (CONTRACTS.md).
-Here: reading the note tables, selecting tracks, and `run`; split keys are in `splits`, the
-bins in `bins`, the spill and shard writer in `shards`.
+Here: reading the note tables, selecting tracks, parts, streams and `run`; split keys are in
+`splits`, the bins in `bins`, the spill and shard writer in `shards`.
+
+Streams (`sequences.mode`). `track`: each selected track is a stream, as in the TensorFlow
+tutorial. `score`: a file's selected tracks merged into one stream in time order; a note's step
+is the onset difference in the merged stream (0 for notes that sound together), and notes with
+one onset go by part (lowest index first: for one instrument class, the highest voice first),
+then pitch from high to low, then track. The instrument filters (drums, programs, instrument)
+choose tracks in both modes; the length filters (min_notes, seq_length) apply to the stream: a
+track in track mode, the merged score in score mode, so a short track still plays in its score.
+
+Parts. Every note carries its part, in both modes: its track's (instrument class, rank). The class
+is the General MIDI family of the track's program (16 of them), or drums; the rank orders the
+file's selected tracks of that class by median pitch, 1 the highest (ties by track number),
+ranks past `sequences.max_part_rank` sharing the last. The index is class * max_part_rank +
+rank - 1, the same in every file and corpus: a chorale's four voices, all pianos, are piano-1
+(soprano) to piano-4 (bass). The manifest lists the parts that occur: name, family, rank, the
+program most of their notes had, and their notes.
 """
 
 from __future__ import annotations
@@ -22,11 +39,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from pipelines import schema, storage
+from pipelines import instruments, schema, storage
 from pipelines.bins import Histogram, make_bins
 from pipelines.config import MANIFEST_FILE, Config, Paths, Sequences
 from pipelines.errors import LakhflowError, ParamsError
-from pipelines.instruments import describe, select_programs
+from pipelines.instruments import FAMILIES, describe, select_programs
 from pipelines.shards import (
     ChunkSpill,
     chunk_example,
@@ -118,30 +135,47 @@ FILTERS = (
 )
 
 
+INSTRUMENT_FILTERS = FILTERS[:3]  # of tracks; the others are of streams
+SCORES = "scores"  # Selection.kept's count of files with a selected track (score mode)
+
+
 @dataclass
 class Selection:
-    """Which tracks become training data, and how many tracks each filter let through."""
+    """Which tracks and streams become training data, and how many each filter let through."""
 
     programs: frozenset[int] | None
     include_drums: bool
     min_notes: int
-    window: int  # seq_length + 1: a track shorter than one window gives nothing
+    window: int  # seq_length + 1: a stream shorter than one window gives nothing
+    score: bool  # sequences.mode == score: the length filters see a file's merged tracks
     only_program: int | None = None  # set by instrument: most_common after the survey
     kept: Counter[str] = field(default_factory=Counter)
 
     @classmethod
     def from_params(cls, p: Sequences) -> Selection:
-        return cls(select_programs(p.programs), p.include_drums, p.min_notes, p.seq_length + 1)
+        return cls(
+            select_programs(p.programs),
+            p.include_drums,
+            p.min_notes,
+            p.seq_length + 1,
+            p.mode == "score",
+        )
 
-    def passes(self, program: int, is_drum: bool, n: int, *, count: bool = False) -> bool:
+    def plays(self, program: int, is_drum: bool, *, count: bool = False) -> bool:
+        """The instrument filters: whether a track's notes are used at all."""
         checks = (
             self.include_drums or not is_drum,
             is_drum or self.programs is None or program in self.programs,
             self.only_program is None or (program == self.only_program and not is_drum),
-            n >= self.min_notes,
-            n >= self.window,
         )
-        for name, ok in zip(FILTERS, checks, strict=True):
+        return self._check(INSTRUMENT_FILTERS, checks, count)
+
+    def long_enough(self, n: int, *, count: bool = False) -> bool:
+        """The length filters, of a stream of n notes."""
+        return self._check(FILTERS[3:], (n >= self.min_notes, n >= self.window), count)
+
+    def _check(self, names: tuple[str, ...], checks: tuple[bool, ...], count: bool) -> bool:
+        for name, ok in zip(names, checks, strict=True):
             if not ok:
                 return False
             if count:
@@ -149,9 +183,11 @@ class Selection:
         return True
 
     def empty_reason(self, tracks: int) -> str:
-        """Names the filter that removed every track."""
-        left = tracks
+        """Names the filter that removed every track (score mode: every score)."""
+        left, unit = tracks, "tracks"
         for name in FILTERS:
+            if self.score and name == "sequences.min_notes":
+                left, unit = self.kept[SCORES], SCORES
             if self.kept[name] == 0:
                 value = {
                     "sequences.include_drums": str(self.include_drums).lower(),
@@ -160,20 +196,104 @@ class Selection:
                         "most_common" if self.only_program is not None else "all"
                     ),
                     "sequences.min_notes": self.min_notes,
-                    "sequences.seq_length": f"{self.window - 1} (tracks need seq_length+1 notes)",
+                    "sequences.seq_length": f"{self.window - 1} ({unit} need seq_length+1 notes)",
                 }[name]
-                return f"{name}={value} removed all {left} remaining tracks"
+                return f"{name}={value} removed all {left} remaining {unit}"
             left = self.kept[name]
-        return "no track gave a window"
+        return "no stream gave a window"
 
 
-# ---------------------------------------------------------------- features and chunks
+# ---------------------------------------------------------------- parts
+
+PART_CLASSES: tuple[str, ...] = (*FAMILIES, "drums")  # the 16 GM families (8 programs each)
+DRUMS = len(FAMILIES)
 
 
-def track_features(notes: Notes, rows: slice, p: Sequences) -> dict[str, np.ndarray]:
-    """pitch, step, duration, velocity of one track's notes; step of the track's first note is 0."""
+def part_class(program: int, is_drum: bool) -> int:
+    return DRUMS if is_drum else program // 8
+
+
+def part_index(klass: int, rank: int, max_rank: int) -> int:
+    """A part's index in the vocabulary; rank counts from 1, ranks past max_rank share the last."""
+    return klass * max_rank + min(rank, max_rank) - 1
+
+
+def part_name(index: int, max_rank: int) -> str:
+    """ "piano-1": the class, and the rank (1: the highest voice of that class in its file)."""
+    return f"{PART_CLASSES[index // max_rank]}-{index % max_rank + 1}"
+
+
+def track_parts(notes: Notes, tracks: list[tuple[int, slice]], max_rank: int) -> list[int]:
+    """The part of each of a file's selected tracks: its class, and its rank by median pitch
+    among the file's selected tracks of that class (highest first, ties by track number)."""
+    classes = [
+        part_class(int(notes["program"][rows.start]), bool(notes["is_drum"][rows.start]))
+        for _, rows in tracks
+    ]
+    medians = [float(np.median(notes["pitch"][rows])) for _, rows in tracks]
+    order = sorted(range(len(tracks)), key=lambda i: (classes[i], -medians[i], tracks[i][0]))
+    parts = [0] * len(tracks)
+    ranks: Counter[int] = Counter()
+    for i in order:
+        ranks[classes[i]] += 1
+        parts[i] = part_index(classes[i], ranks[classes[i]], max_rank)
+    return parts
+
+
+# ---------------------------------------------------------------- streams, features and chunks
+
+
+@dataclass
+class Stream:
+    """A track's notes, or a file's selected tracks merged into one score, in playing order."""
+
+    track: int  # the track's number; schema.SCORE_TRACK for a merged score
+    rows: np.ndarray  # the notes' rows in the file's note columns, in the stream's order
+    part: np.ndarray  # each note's part
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+
+def onsets(notes: Notes, p: Sequences) -> np.ndarray:
+    return notes["start_beat" if p.time_unit == "beats" else "start"]
+
+
+def file_streams(notes: Notes, selection: Selection, p: Sequences) -> list[Stream]:
+    """A file's streams (sequences.mode), with every filter applied and counted."""
+    tracks = [
+        (track, rows)
+        for track, rows in track_slices(notes)
+        if selection.plays(
+            int(notes["program"][rows.start]), bool(notes["is_drum"][rows.start]), count=True
+        )
+    ]
+    parts = track_parts(notes, tracks, p.max_part_rank)
+    streams = [
+        Stream(track, np.arange(rows.start, rows.stop), np.full(rows.stop - rows.start, part))
+        for (track, rows), part in zip(tracks, parts, strict=True)
+    ]
+    if selection.score and streams:
+        selection.kept[SCORES] += 1
+        streams = [merge(notes, streams, p)]
+    return [s for s in streams if selection.long_enough(len(s), count=True)]
+
+
+def merge(notes: Notes, tracks: list[Stream], p: Sequences) -> Stream:
+    """Tracks as one score: by onset, then part, then pitch from high to low, then track."""
+    rows = np.concatenate([t.rows for t in tracks])
+    part = np.concatenate([t.part for t in tracks])
+    pitch = notes["pitch"][rows].astype(np.int64)
+    # lexsort is stable and sorts by its last key first
+    order = np.lexsort((notes["track"][rows], -pitch, part, onsets(notes, p)[rows]))
+    return Stream(schema.SCORE_TRACK, rows[order], part[order])
+
+
+def stream_features(notes: Notes, stream: Stream, p: Sequences) -> dict[str, np.ndarray]:
+    """pitch, step, duration, velocity and part of a stream's notes; the first note's step is 0."""
+    rows = stream.rows
     beats = p.time_unit == "beats"
-    start = notes["start_beat" if beats else "start"][rows].astype(np.float64)
+    start = onsets(notes, p)[rows].astype(np.float64)
     end = notes["end_beat" if beats else "end"][rows].astype(np.float64)
     step = np.diff(start, prepend=start[:1])
     return {
@@ -181,6 +301,7 @@ def track_features(notes: Notes, rows: slice, p: Sequences) -> dict[str, np.ndar
         "step": np.clip(step, 0.0, p.max_step).astype(np.float32),
         "duration": np.clip(end - start, 0.0, p.max_duration).astype(np.float32),
         "velocity": notes["velocity"][rows].astype(np.int64),
+        "part": stream.part.astype(np.int64),
     }
 
 
@@ -216,6 +337,7 @@ def median_from_counts(counts: np.ndarray, resolution: float) -> float:
 @dataclass
 class SplitTotals:
     files: set[str] = field(default_factory=set)
+    streams: int = 0  # tracks in track mode, scores in score mode
     tracks: int = 0
     chunks: int = 0
     notes: int = 0
@@ -234,7 +356,8 @@ class Corpus:
 
 @dataclass
 class Tally:
-    """What pass 2 counts: per-split totals, the train split's histograms, tempi and programs."""
+    """What pass 2 counts: per-split totals, the train split's histograms, tempi, programs and
+    parts (each part's notes per program)."""
 
     totals: dict[str, SplitTotals]
     step: Histogram
@@ -242,6 +365,7 @@ class Tally:
     velocity: Histogram
     tempo_counts: np.ndarray  # 0.01 bpm cells up to 1000 bpm
     programs: Counter[int]
+    parts: dict[int, Counter[int]]
 
     @classmethod
     def start(cls, p: Sequences) -> Tally:
@@ -252,6 +376,7 @@ class Tally:
             velocity=Histogram.for_velocity(),
             tempo_counts=np.zeros(100_001, dtype=np.int64),
             programs=Counter(),
+            parts={},
         )
 
 
@@ -310,7 +435,7 @@ def survey_files(
 ) -> tuple[dict[str, FileSurvey], Counter[int], int]:
     """Pass 1: each file's content hash, tune and shared-run fingerprints (of its pitched tracks,
     selected or not: a leak is a leak whatever the filters keep), and the notes per program of
-    eligible tracks."""
+    eligible tracks (in score mode every track the instrument filters let through)."""
     survey: dict[str, FileSurvey] = {}
     programs: Counter[int] = Counter()
     tracks = 0
@@ -329,8 +454,9 @@ def survey_files(
         for _, rows in slices:
             tracks += 1
             program, drum = int(notes["program"][rows.start]), bool(notes["is_drum"][rows.start])
-            if selection.passes(program, drum, rows.stop - rows.start):
-                programs[program] += rows.stop - rows.start
+            n = rows.stop - rows.start
+            if selection.plays(program, drum) and (selection.score or selection.long_enough(n)):
+                programs[program] += n
     return survey, programs, tracks
 
 
@@ -358,7 +484,7 @@ def spill_chunks(
     p: Sequences,
     spill: ChunkSpill,
 ) -> Tally:
-    """Pass 2: every selected track's chunks into its split's spill, and the track counted."""
+    """Pass 2: every stream's chunks into its split's spill, and the stream counted."""
     tally = Tally.start(p)
     selection.kept.clear()
     ok = set(corpus.file_ids)
@@ -367,49 +493,58 @@ def spill_chunks(
     ):
         if file_id not in ok:
             continue
-        split = splits[file_id]
-        for track, rows in track_slices(notes):
-            program = int(notes["program"][rows.start])
-            drum = bool(notes["is_drum"][rows.start])
-            if selection.passes(program, drum, rows.stop - rows.start, count=True):
-                add_track(tally, spill, p, split, file_id, track, program, notes, rows)
+        for stream in file_streams(notes, selection, p):
+            add_stream(tally, spill, p, splits[file_id], file_id, notes, stream)
     return tally
 
 
-def add_track(
+def add_stream(
     tally: Tally,
     spill: ChunkSpill,
     p: Sequences,
     split: str,
     file_id: str,
-    track: int,
-    program: int,
     notes: Notes,
-    rows: slice,
+    stream: Stream,
 ) -> None:
-    """One selected track: its chunks into the spill, its counts and tempi, and (train) bins."""
-    n = rows.stop - rows.start
+    """One stream: its chunks into the spill, its counts and tempi, and (train) bins."""
+    n = len(stream)
     total = tally.totals[split]
-    features = track_features(notes, rows, p)
+    features = stream_features(notes, stream, p)
+    programs = notes["program"][stream.rows].astype(np.int64)
+    notes_by_program = counts_of(programs)
+    # a score's chunks carry the program most of its notes have (a track's: its own)
+    program = most_common(notes_by_program)
     for lo in chunk_starts(n, p.chunk_notes, p.seq_length):
         hi = min(n, lo + p.chunk_notes)
-        record = chunk_example(features, lo, hi, program, file_id, track)
-        spill.add(split, shuffle_key(p.seed, file_id, track, lo), record)
+        record = chunk_example(features, lo, hi, program, file_id, stream.track)
+        spill.add(split, shuffle_key(p.seed, file_id, stream.track, lo), record)
         total.chunks += 1
         total.windows += windows_in(hi - lo, p.seq_length, p.stride)
     total.files.add(file_id)
-    total.tracks += 1
+    total.streams += 1
+    total.tracks += len(np.unique(notes["track"][stream.rows]))
     total.notes += n
-    tally.programs[program] += n
-    tally.tempo_counts += tempo_cells(notes, rows, len(tally.tempo_counts))
+    tally.programs.update(notes_by_program)
+    for key, n_notes in counts_of(stream.part * instruments.N_PROGRAMS + programs).items():
+        part, q = divmod(key, instruments.N_PROGRAMS)
+        tally.parts.setdefault(part, Counter())[q] += n_notes
+    tally.tempo_counts += tempo_cells(notes, stream.rows, len(tally.tempo_counts))
     if split == "train":
         tally.step.add(features["step"])
         tally.duration.add(features["duration"])
         tally.velocity.add(features["velocity"])
 
 
-def tempo_cells(notes: Notes, rows: slice, cells: int) -> np.ndarray:
-    """How many of the track's notes play at each tempo (0.01 bpm cells): beats over seconds."""
+def counts_of(values: np.ndarray) -> Counter[int]:
+    """How often each value (a small int >= 0) occurs, as a Counter of Python ints."""
+    counts = np.bincount(values)  # a tenth of np.unique's time, which sorts
+    found = np.flatnonzero(counts)
+    return Counter(dict(zip(found.tolist(), counts[found].tolist(), strict=True)))
+
+
+def tempo_cells(notes: Notes, rows: np.ndarray, cells: int) -> np.ndarray:
+    """How many of the stream's notes play at each tempo (0.01 bpm cells): beats over seconds."""
     seconds = (notes["end"][rows] - notes["start"][rows]).astype(np.float64)
     beats = (notes["end_beat"][rows] - notes["start_beat"][rows]).astype(np.float64)
     timed = seconds > 1e-3
@@ -462,6 +597,7 @@ def write_shard_dir(
         manifest = build_manifest(
             cfg, bins, tally.programs, tally.tempo_counts, tally.totals, split_shards
         )
+        manifest["parts"] = part_vocabulary(tally.parts, p.max_part_rank)
         manifest["grouping"] = {"shared_run": p.shared_run, "split_by": p.split_by, **grouping}
         manifest["splits_sha256"] = storage.file_digest(out / cfg.paths.splits.name, "sha256")
         (out / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
@@ -480,6 +616,7 @@ def build_manifest(
     window = [p.seq_length + 1]
     return {
         "source": cfg.download.source,
+        "mode": p.mode,
         "time_unit": p.time_unit,
         "seq_length": p.seq_length,
         "stride": p.stride,
@@ -502,6 +639,7 @@ def build_manifest(
         "splits": {
             name: {
                 "files": len(t.files),
+                "streams": t.streams,
                 "tracks": t.tracks,
                 "chunks": t.chunks,
                 "notes": t.notes,
@@ -510,6 +648,26 @@ def build_manifest(
             }
             for name, t in totals.items()
         },
+    }
+
+
+def part_vocabulary(parts: dict[int, Counter[int]], max_rank: int) -> dict[str, Any]:
+    """The manifest's parts: the vocabulary's size (max_rank for each class) and the parts that
+    occur, each with its name, class, rank, the program most of its notes had and its notes."""
+    return {
+        "max_rank": max_rank,
+        "size": len(PART_CLASSES) * max_rank,
+        "vocabulary": [
+            {
+                "index": index,
+                "name": part_name(index, max_rank),
+                "family": PART_CLASSES[index // max_rank],
+                "rank": index % max_rank + 1,
+                "program": most_common(parts[index]),
+                "notes": sum(parts[index].values()),
+            }
+            for index in sorted(parts)
+        ],
     }
 
 
@@ -529,7 +687,7 @@ def summarise(manifest: dict[str, Any], shard_dir: Path) -> dict[str, Any]:
     log.info(
         "Wrote %d shards (%.1f MB) to %s: windows of %d notes at stride %d: %s; "
         "%d split keys over %d files (largest group %d files, %d files grouped by shared "
-        "runs); most common program %s; "
+        "runs); %s mode, %d parts; most common program %s; "
         "tempo %.1f bpm.",
         sum(len(s["shards"]) for s in splits.values()),
         sum(metrics[f"{n}_shard_bytes"] for n in schema.SPLIT_NAMES) / 1e6,
@@ -541,6 +699,8 @@ def summarise(manifest: dict[str, Any], shard_dir: Path) -> dict[str, Any]:
         grouping["files"],
         grouping["largest_split_group"],
         grouping["files_grouped_by_shared_runs"],
+        manifest["mode"],
+        len(manifest["parts"]["vocabulary"]),
         describe(manifest["programs"]["most_common"]),
         manifest["tempo_bpm"],
     )

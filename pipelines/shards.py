@@ -1,5 +1,6 @@
-"""Shards: track chunks as tf.train.Examples, shuffled within their split through buckets on disk,
-written as GZIP TFRecord shards of about `sequences.shard_mb` each.
+"""Shards: stream chunks (a track's or a merged score's) as tf.train.Examples, shuffled within
+their split through buckets on disk, written as GZIP TFRecord shards of about `sequences.shard_mb`
+each.
 
 Every step is deterministic (hash-keyed order, deterministic proto bytes, flushes at the same
 records), so the same notes give byte-identical shards in any process.
@@ -28,7 +29,8 @@ _SPILL_HEADER = struct.Struct("<QI")
 def chunk_example(
     features: dict[str, np.ndarray], lo: int, hi: int, program: int, file_id: str, track: int
 ) -> bytes:
-    """Notes lo..hi of a track's features as one serialized tf.train.Example (schema.CHUNK_*)."""
+    """Notes lo..hi of a stream's features as one serialized tf.train.Example (schema.CHUNK_*);
+    `track` is the track's number, or schema.SCORE_TRACK for a file's merged score."""
     from tensorflow.core.example import example_pb2  # importing shards must not load TensorFlow
 
     example = example_pb2.Example()

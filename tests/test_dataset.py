@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from conftest import SEQUENCES_TEST_PARAMS
-from test_sequences import expected_tracks
+from test_sequences import expected_scores, expected_tracks, score_project  # noqa: F401 (a fixture)
 
 from pipelines import dataset, sequences
 
@@ -56,6 +56,28 @@ def test_every_window_is_a_run_of_one_track_and_none_is_lost(
                     window = {k: track[k][s : s + T + 1] for k in FEATURES}
                     expected[window_key({**window, "program": track["program"]})] += 1
         got = Counter(window_key(w) for w in read_windows(shard_dir, split, manifest))
+        assert got == expected, split
+        assert sum(got.values()) == manifest["splits"][split]["windows"]
+
+
+def test_score_windows_are_runs_of_a_merged_score_and_none_is_lost(
+    score_project: Path,  # noqa: F811 (the fixture imported above)
+) -> None:
+    shard_dir = score_project / "data" / "shards"
+    manifest = json.loads((shard_dir / "manifest.json").read_text())
+    split_of = pd.read_parquet(shard_dir / "splits.parquet").set_index("file_id")["split"]
+    scores = expected_scores(score_project)
+    for split in ("train", "val", "test"):
+        expected: Counter = Counter()
+        for file_id, score in scores.items():
+            if split_of[file_id] == split:
+                for s in range(len(score["pitch"]) - T):
+                    window = {k: score[k][s : s + T + 1] for k in FEATURES}
+                    expected[window_key({**window, "program": score["program"]})] += 1
+        windows = read_windows(shard_dir, split, manifest)
+        # the model's windows, as before chunks had parts
+        assert {k for w in windows[:1] for k in w} == {*FEATURES, "program"}
+        got = Counter(window_key(w) for w in windows)
         assert got == expected, split
         assert sum(got.values()) == manifest["splits"][split]["windows"]
 

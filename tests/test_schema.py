@@ -73,6 +73,7 @@ def test_shard_features() -> None:
         "step": "float",
         "duration": "float",
         "velocity": "int64",
+        "part": "int64",
     }
     assert schema.CHUNK_CONTEXT_FEATURES == {
         "program": "int64",
@@ -81,7 +82,9 @@ def test_shard_features() -> None:
         "offset": "int64",
     }
     assert schema.HEADS == ("pitch", "step", "duration", "velocity")
-    assert tuple(schema.CHUNK_NOTE_FEATURES) == schema.HEADS  # a head per note feature, in order
+    # a head per note feature the model reads, in order; the model does not read part yet
+    assert schema.HEADS == schema.NOTE_FEATURES
+    assert tuple(schema.CHUNK_NOTE_FEATURES) == (*schema.HEADS, "part")
     # tf.train.Example's three list kinds, and no name in both the notes and the context
     kinds = {*schema.CHUNK_NOTE_FEATURES.values(), *schema.CHUNK_CONTEXT_FEATURES.values()}
     assert kinds <= {"int64", "float", "bytes"}

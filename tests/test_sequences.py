@@ -1,4 +1,5 @@
-"""The sequences stage: track selection, leak-free splits, chunks, bins, byte-identical shards."""
+"""The sequences stage: track selection, parts, merged scores, leak-free splits, chunks, bins,
+byte-identical shards."""
 
 from __future__ import annotations
 
@@ -38,11 +39,57 @@ def manifest_of(project: Path) -> dict:
     return json.loads((project / "data" / "shards" / "manifest.json").read_text())
 
 
-def expected_tracks(project: Path, time_unit: str = "beats") -> dict[tuple[str, int], dict]:
-    """The selected tracks' features, computed here from the note tables, independently."""
-    notes = pd.concat(
+def note_table(project: Path) -> pd.DataFrame:
+    return pd.concat(
         pd.read_parquet(p) for p in sorted((project / "data" / "notes").glob("notes-*.parquet"))
     )
+
+
+def expected_parts(notes: pd.DataFrame, max_rank: int = 4) -> dict[tuple[str, int], int]:
+    """Each pitched track's part, computed here independently: (GM family, rank by median pitch
+    among the file's tracks of that family, highest first), ranks past max_rank the last."""
+    tracks = (
+        notes[~notes["is_drum"]]
+        .groupby(["file_id", "track"], as_index=False)
+        .agg(program=("program", "first"), median=("pitch", "median"))
+    )
+    tracks["family"] = tracks["program"] // 8
+    tracks = tracks.sort_values(["file_id", "family", "median", "track"],
+                                ascending=[True, True, False, True])  # fmt: skip
+    rank = tracks.groupby(["file_id", "family"]).cumcount().clip(upper=max_rank - 1)
+    part = tracks["family"] * max_rank + rank
+    return dict(zip(zip(tracks["file_id"], tracks["track"], strict=True), part, strict=True))
+
+
+def expected_scores(project: Path) -> dict[str, dict]:
+    """Each file's pitched tracks merged, computed here independently: by onset, then part, then
+    pitch from high to low, then track."""
+    notes = note_table(project)
+    parts = expected_parts(notes)
+    notes = notes[~notes["is_drum"]].copy()
+    notes["part"] = [parts[k] for k in zip(notes["file_id"], notes["track"], strict=True)]
+    notes["minus_pitch"] = -notes["pitch"].astype(int)
+    scores = {}
+    for file_id, rows in notes.groupby("file_id", sort=True):
+        if len(rows) < max(SEQUENCES_TEST_PARAMS["min_notes"], T + 1):
+            continue
+        rows = rows.sort_values(["start_beat", "part", "minus_pitch", "track"], kind="stable")
+        start = rows["start_beat"].to_numpy(np.float64)
+        scores[file_id] = {
+            "pitch": rows["pitch"].to_numpy(np.int32),
+            "step": np.clip(np.r_[0.0, np.diff(start)], 0, 4.0).astype(np.float32),
+            "duration": np.clip(rows["end_beat"] - start, 0, 8.0).to_numpy(np.float32),
+            "velocity": rows["velocity"].to_numpy(np.int32),
+            "part": rows["part"].to_numpy(np.int32),
+            "program": int(rows["program"].value_counts().sort_index().idxmax()),
+        }
+    return scores
+
+
+def expected_tracks(project: Path, time_unit: str = "beats") -> dict[tuple[str, int], dict]:
+    """The selected tracks' features, computed here from the note tables, independently."""
+    notes = note_table(project)
+    parts = expected_parts(notes)
     min_notes = max(SEQUENCES_TEST_PARAMS["min_notes"], T + 1)
     tracks = {}
     for (file_id, track), rows in notes.groupby(["file_id", "track"], sort=True):
@@ -58,6 +105,7 @@ def expected_tracks(project: Path, time_unit: str = "beats") -> dict[tuple[str, 
             "duration": np.clip(end - start, 0, 8.0).astype(np.float32),
             "velocity": rows["velocity"].to_numpy(np.int32),
             "program": int(rows["program"].iloc[0]),
+            "part": parts[(file_id, int(track))],
         }
     return tracks
 
@@ -88,6 +136,8 @@ def test_program_selection_by_number_range_family_and_name() -> None:
         ("sequences.split={train: 0.8, val: 0.3, test: 0.1}", "sum to 1"),
         ("sequences.shared_run=5", "sequences.shared_run: .*0 .*or at least 8 notes"),
         ("sequences.shared_run=300", "sequences.shared_run: Input should be less than"),
+        ("sequences.mode=chords", "sequences.mode: 'chords' is not allowed; .*'score' or 'track'"),
+        ("sequences.max_part_rank=0", "sequences.max_part_rank: Input should be greater"),
     ],
 )
 def test_bad_params_are_one_line_errors(tmp_path: Path, override: str, message: str) -> None:
@@ -107,6 +157,108 @@ def test_chunks_overlap_so_no_window_is_lost(n: int, stride: int) -> None:
     total = sum(sequences.windows_in(min(n, s + chunk) - s, T, 1) for s in starts)
     assert total == n - T
     assert sequences.windows_in(n, T, stride) == (n - T - 1) // stride + 1
+
+
+def four_voices() -> splits.Notes:
+    """A hand-made chorale bar: four piano tracks (bass, soprano, tenor, alto, in track order) in
+    chords on every beat, the soprano's and the bass's passing notes between, the alto above the
+    soprano on beat 3, a bass octave on beat 2, and a drum track."""
+    voices = {  # track: (program, drum, [(beat, pitch, length)])
+        0: (0, False, [(0, 48, 1), (1, 50, 0.5), (1.5, 52, 0.5), (2, 43, 1), (2, 55, 1),
+                       (3, 48, 1)]),
+        1: (0, False, [(0, 72, 0.5), (0.5, 74, 0.5), (1, 76, 1), (2, 74, 0.5), (2.5, 72, 0.5),
+                       (3, 72, 1)]),
+        2: (0, False, [(0, 55, 1), (1, 59, 1), (2, 59, 1), (3, 55, 1)]),
+        3: (0, False, [(0, 64, 1), (1, 67, 1), (2, 67, 1), (3, 74, 1)]),
+        4: (0, True, [(b / 2, 36, 0.25) for b in range(8)]),
+    }  # fmt: skip
+    rows = [(t, q, d, b, pitch, 60 + t, length)
+            for t, (q, d, notes) in voices.items() for b, pitch, length in notes]  # fmt: skip
+    rows.sort(key=lambda r: (r[0], r[3], r[4]))  # the note tables' order: track, start, pitch
+    columns = (np.array(c) for c in zip(*rows, strict=True))
+    track, program, drum, beat, pitch, velocity, length = columns
+    return {
+        "track": track.astype(np.int16),
+        "program": program.astype(np.int8),
+        "is_drum": drum.astype(bool),
+        "pitch": pitch.astype(np.int8),
+        "velocity": velocity.astype(np.int8),
+        "start": (beat / 2).astype(np.float32),
+        "end": ((beat + length) / 2).astype(np.float32),
+        "start_beat": beat.astype(np.float32),
+        "end_beat": (beat + length).astype(np.float32),
+    }
+
+
+SOPRANO, ALTO, TENOR, BASS = 0, 1, 2, 3  # the piano parts, by median pitch
+
+
+def test_a_four_voice_score_is_one_stream_by_onset_part_and_pitch_from_high_to_low() -> None:
+    p = config.Sequences(mode="score", seq_length=4, min_notes=4)
+    notes = four_voices()
+    selection = sequences.Selection.from_params(p)
+    (score,) = sequences.file_streams(notes, selection, p)
+    features = sequences.stream_features(notes, score, p)
+    assert score.track == -1
+    chords = [  # (onset, part, pitch) in stream order
+        (0, SOPRANO, 72), (0, ALTO, 64), (0, TENOR, 55), (0, BASS, 48),
+        (0.5, SOPRANO, 74),
+        (1, SOPRANO, 76), (1, ALTO, 67), (1, TENOR, 59), (1, BASS, 50),
+        (1.5, BASS, 52),
+        (2, SOPRANO, 74), (2, ALTO, 67), (2, TENOR, 59), (2, BASS, 55), (2, BASS, 43),
+        (2.5, SOPRANO, 72),
+        (3, SOPRANO, 72), (3, ALTO, 74), (3, TENOR, 55), (3, BASS, 48),  # by part, not pitch
+    ]  # fmt: skip
+    onset = np.array([c[0] for c in chords], dtype=np.float32)
+    assert features["pitch"].tolist() == [c[2] for c in chords]
+    assert features["part"].tolist() == [c[1] for c in chords]
+    np.testing.assert_array_equal(features["step"], np.diff(onset, prepend=0.0))
+    # the first note, and every note after the first at its onset
+    assert np.count_nonzero(features["step"] == 0) == 1 + 3 + 3 + 4 + 3
+    track_of = {SOPRANO: 1, ALTO: 3, TENOR: 2, BASS: 0}
+    assert features["velocity"].tolist() == [60 + track_of[c[1]] for c in chords]
+    assert sequences.part_name(BASS, p.max_part_rank) == "piano-4"
+    assert selection.kept["sequences.include_drums"] == 4  # the drums left out
+
+
+def test_track_mode_gives_each_track_its_part() -> None:
+    p = config.Sequences(mode="track", seq_length=3, min_notes=4)
+    notes = four_voices()
+    streams = sequences.file_streams(notes, sequences.Selection.from_params(p), p)
+    assert [(s.track, set(s.part.tolist())) for s in streams] == [
+        (0, {BASS}),
+        (1, {SOPRANO}),
+        (2, {TENOR}),
+        (3, {ALTO}),
+    ]
+    for s in streams:
+        features = sequences.stream_features(notes, s, p)
+        assert np.all(np.diff(notes["start_beat"][s.rows]) >= 0)
+        assert features["part"].tolist() == s.part.tolist()
+
+
+def test_parts_rank_within_a_class_and_share_the_last_rank() -> None:
+    notes = four_voices()
+    notes["program"][notes["track"] == 2] = 42  # the tenor on a cello: strings-1
+    tracks = [(t, rows) for t, rows in sequences.track_slices(notes) if t < 4]
+    # bass and alto share piano-2, the cello alone is strings-1
+    assert sequences.track_parts(notes, tracks, 2) == [1, 0, 10, 1]
+    assert [sequences.part_name(i, 2) for i in (0, 1, 10)] == ["piano-1", "piano-2", "strings-1"]
+    assert sequences.part_name(sequences.part_index(sequences.DRUMS, 1, 4), 4) == "drums-1"
+
+
+def test_the_length_filters_see_the_merged_score() -> None:
+    notes = four_voices()
+    for mode, streams in (("track", 0), ("score", 1)):
+        p = config.Sequences(mode=mode, seq_length=6, min_notes=7)  # every track is shorter
+        selection = sequences.Selection.from_params(p)
+        assert len(sequences.file_streams(notes, selection, p)) == streams
+    p = config.Sequences(mode="score", seq_length=30, min_notes=4)
+    selection = sequences.Selection.from_params(p)
+    assert sequences.file_streams(notes, selection, p) == []
+    assert selection.empty_reason(5) == (
+        "sequences.seq_length=30 (scores need seq_length+1 notes) removed all 1 remaining scores"
+    )
 
 
 # ---------------------------------------------------------------- the stage
@@ -198,6 +350,7 @@ def test_chunks_match_the_note_tables_and_the_manifest_counts(shards_project: Pa
             for name in ("pitch", "step", "duration", "velocity"):
                 np.testing.assert_allclose(c[name], want[name][lo:hi], atol=1e-4)
             assert c["program"] == want["program"]
+            assert c["part"].tolist() == [want["part"]] * len(c["pitch"])  # the track's part
             lengths[key] = max(lengths.get(key, 0), hi)
             seen[split].add(c["file_id"])
         assert all(lengths[k] == len(tracks[k]["pitch"]) for k in lengths)  # whole tracks
@@ -240,6 +393,25 @@ def test_manifest_describes_the_shards(shards_project: Path) -> None:
     assert manifest["features"]["pitch"] == {"dtype": "int32", "shape": [T + 1]}
     assert manifest["programs"]["most_common"] == 0
     assert set(manifest["programs"]["counts"]) == {"0", "48"}  # drums and the short flute left out
+    assert manifest["mode"] == "track"
+    parts = manifest["parts"]
+    assert (parts["max_rank"], parts["size"]) == (4, 17 * 4)
+    # the chorales' four voices and the multi-program file's piano (piano-1: the piano tracks of
+    # the chorales' re-saves rank alike) and strings (program 48, family ensemble)
+    assert [(v["index"], v["name"], v["family"], v["rank"], v["program"])
+            for v in parts["vocabulary"]] == [
+        (0, "piano-1", "piano", 1, 0), (1, "piano-2", "piano", 2, 0),
+        (2, "piano-3", "piano", 3, 0), (3, "piano-4", "piano", 4, 0),
+        (24, "ensemble-1", "ensemble", 1, 48),
+    ]  # fmt: skip
+    by_part: dict[int, int] = defaultdict(int)
+    for split in manifest["splits"]:
+        for c in dataset.chunks(shard_dir, split):
+            fresh = slice(0 if c["offset"] == 0 else T, None)  # chunks overlap by T notes
+            for part, n in zip(*np.unique(c["part"][fresh], return_counts=True), strict=True):
+                by_part[int(part)] += int(n)
+    assert {v["index"]: v["notes"] for v in parts["vocabulary"]} == by_part
+    assert sum(by_part.values()) == sum(v["notes"] for v in manifest["splits"].values())
     assert 60 < manifest["tempo_bpm"] < 200
     digest = hashlib.sha256((shard_dir / "splits.parquet").read_bytes()).hexdigest()
     assert manifest["splits_sha256"] == digest
@@ -251,6 +423,77 @@ def test_manifest_describes_the_shards(shards_project: Path) -> None:
             path = shard_dir / s["name"]
             assert hashlib.sha256(path.read_bytes()).hexdigest() == s["sha256"]
             assert path.stat().st_size == s["bytes"]
+
+
+@pytest.fixture(scope="module")
+def score_project(tmp_path_factory: pytest.TempPathFactory, shards_project: Path) -> Path:
+    """The note corpus through the sequences stage in score mode (set in params.yaml)."""
+    project = make_project(
+        tmp_path_factory.mktemp("score") / "p",
+        {"sequences": {**SEQUENCES_TEST_PARAMS, "mode": "score"}},
+    )
+    shutil.copytree(shards_project / "data" / "notes", project / "data" / "notes")
+    sequences.run(config.load(project))
+    return project
+
+
+def test_score_mode_chunks_are_each_files_merged_tracks(
+    score_project: Path, note_corpus: dict
+) -> None:
+    manifest = manifest_of(score_project)
+    shard_dir = score_project / "data" / "shards"
+    scores = expected_scores(score_project)
+    assert manifest["mode"] == "score"
+    joined: dict[str, int] = {}
+    for split, counts in manifest["splits"].items():
+        chunks = list(dataset.chunks(shard_dir, split))
+        assert len(chunks) == counts["chunks"]
+        for c in chunks:
+            want = scores[c["file_id"]]
+            lo, hi = c["offset"], c["offset"] + len(c["pitch"])
+            assert c["track"] == -1 and c["program"] == want["program"]
+            for name in ("pitch", "step", "duration", "velocity", "part"):
+                np.testing.assert_allclose(c[name], want[name][lo:hi], atol=1e-4, err_msg=name)
+            joined[c["file_id"]] = max(joined.get(c["file_id"], 0), hi)
+        files = {c["file_id"] for c in chunks}
+        assert counts["files"] == counts["streams"] == len(files)
+        assert counts["notes"] == sum(len(scores[f]["pitch"]) for f in files)
+        assert counts["windows"] == sum(len(scores[f]["pitch"]) - T for f in files)
+    assert joined == {f: len(score["pitch"]) for f, score in scores.items()}  # whole scores
+    # the short flute plays in its score (the length filters see the score), the drums do not
+    assert set(manifest["programs"]["counts"]) == {"0", "48", "73"}
+    assert [v["name"] for v in manifest["parts"]["vocabulary"]] == [
+        "piano-1",
+        "piano-2",
+        "piano-3",
+        "piano-4",
+        "ensemble-1",
+        "pipe-1",
+    ]
+    chorale = scores[file_id_of(note_corpus["chorales"][0])]
+    assert set(chorale["part"].tolist()) == {0, 1, 2, 3}
+    assert np.mean(chorale["step"] == 0) > 0.5  # four voices: most notes sound with others
+
+
+def test_score_mode_splits_as_track_mode_does(score_project: Path, shards_project: Path) -> None:
+    before, after = splits_table(shards_project), splits_table(score_project)
+    assert before.equals(after)
+
+
+def test_score_mode_writes_the_same_bytes_in_another_process(
+    tmp_path: Path, score_project: Path
+) -> None:
+    again = make_project(tmp_path / "again", {"sequences": SEQUENCES_TEST_PARAMS})
+    shutil.copytree(score_project / "data" / "notes", again / "data" / "notes")
+    done = run_cli(
+        ["lakhflow", "sequences", "-S", "sequences.mode=score"],
+        again,
+        PYTHONHASHSEED=another_hash_seed(),
+    )
+    assert done.returncode == 0, done.stderr
+    first = folder_digests(score_project / "data" / "shards")
+    assert sum(name.endswith(".tfrecord.gz") for name in first) > 1
+    assert folder_digests(again / "data" / "shards") == first
 
 
 def test_another_process_writes_the_same_bytes_and_another_seed_splits_otherwise(

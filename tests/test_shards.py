@@ -55,6 +55,7 @@ def test_chunk_example_holds_the_chunk_and_is_the_same_bytes_every_time() -> Non
         "step": np.linspace(0, 1, 10, dtype=np.float32),
         "duration": np.full(10, 0.5, np.float32),
         "velocity": np.arange(10) + 80,
+        "part": np.array([0, 1, 2, 3] * 2 + [24, 24]),
     }
     data = shards.chunk_example(features, 2, 6, 48, "abc", 3)
     assert data == shards.chunk_example(features, 2, 6, 48, "abc", 3)
@@ -62,6 +63,7 @@ def test_chunk_example_holds_the_chunk_and_is_the_same_bytes_every_time() -> Non
     assert list(feature["pitch"].int64_list.value) == [62, 63, 64, 65]
     assert list(feature["step"].float_list.value) == pytest.approx(features["step"][2:6])
     assert list(feature["velocity"].int64_list.value) == [82, 83, 84, 85]
+    assert list(feature["part"].int64_list.value) == [2, 3, 0, 1]
     assert feature["program"].int64_list.value[0] == 48
     assert feature["file_id"].bytes_list.value[0] == b"abc"
     assert (feature["track"].int64_list.value[0], feature["offset"].int64_list.value[0]) == (3, 2)
