@@ -453,10 +453,11 @@ def log_to_mlflow(
     run_id = inputs.run_info.get("run_id")
     name = inputs.run_info.get("model_name") or cfg.train.model_name
     version = inputs.run_info.get("model_version")
+    # every number of the flat figures; a yes/no (beats_shuffled) as 1 or 0, so runs compare
     numbers = {
         f"{registry.TAG_PREFIX}{k}": float(v)
         for k, v in result.items()
-        if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+        if isinstance(v, int | float) and math.isfinite(v)
     }
     try:
         with mlflow.start_run(run_id=run_id):

@@ -26,12 +26,10 @@ HIGHER = "higher is better, up to real vs real"
 LOWER = "lower is better, down to real vs real"
 CLOSER = "closer to real is better"
 SET_FIGURES = {
-    "overlap": ("Yang & Lerch overlap area, mean over the features: how far the set's pieces "
-                "sit from real pieces compared with how far real pieces sit from each other "
-                "(1: alike)", HIGHER),
-    "kl": ("Yang & Lerch KL divergence of the same densities, mean over the features (0: alike)",
-           LOWER),
-}  # fmt: skip
+    "overlap": "Yang & Lerch overlap area, mean over the features: how far the set's pieces sit "
+    "from real pieces compared with how far real pieces sit from each other (1: alike)",
+    "kl": "Yang & Lerch KL divergence of the same densities, mean over the features (0: alike)",
+}
 
 
 def describe(name: str) -> str:
@@ -224,7 +222,7 @@ def _sets_table(sets: Mapping[str, Any], names: Sequence[str], better: Mapping[s
         if name not in sets["model"]:
             continue
         bare = name.removeprefix("muspy_").removeprefix("overlap_")
-        text = SET_FIGURES.get(name, ("", ""))[0] or describe(bare)
+        text = SET_FIGURES.get(name) or describe(bare)
         rows.append([name, text, *(Raw(_spread(sets[s][name])) for s in SETS),
                      better.get(name, CLOSER)])  # fmt: skip
     return _table(["figure", "what it measures", "model", "real", "shuffled", "better"], rows)
@@ -236,7 +234,7 @@ def report_html(result: Mapping[str, Any], pictures: Sequence[Path]) -> str:
     music = result["music"]
     sets = music["sets"]
     overlap_keys = sorted(k for k in sets["model"] if k.startswith("overlap_"))
-    piece_keys = [k for k in getattr(mm, "PIECE_FIGURES", {}) if k in sets["model"]]
+    piece_keys = [k for k in mm.PIECE_FIGURES if k in sets["model"]]
     ngram_keys = sorted(
         (k for k in sets["model"] if k.startswith("distinct_")),
         key=lambda k: int(k.removeprefix("distinct_").removesuffix("grams")),

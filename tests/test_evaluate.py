@@ -365,6 +365,7 @@ def test_logged_to_the_run_and_tagged_on_the_version_then_promoted(
     client = MlflowClient()
     run = client.get_run(info["run_id"])
     assert run.data.metrics["eval.pitch_nll"] == pytest.approx(result["pitch_nll"])
+    assert run.data.metrics["eval.beats_shuffled"] == float(result["beats_shuffled"])
     artifacts = {a.path for a in client.list_artifacts(info["run_id"], "evaluation")}
     assert {
         "evaluation/eval.json",
