@@ -192,10 +192,11 @@ def judge(
     wanted = min(len(p) for p in generated)
     size = min(set_size, len(generated))
     length = evaluation_length(lengths, wanted, 2 * size)
-    size = min(size, excerpt_count(lengths, length) // 2)
+    available = excerpt_count(lengths, length)
+    size = min(size, available // 2)
     if size < 2:
         raise ValueError(
-            f"the test split holds {excerpt_count(lengths, length)} excerpts of {length} notes; "
+            f"the test split holds {available} excerpts of {length} notes; "
             "two sets of at least 2 are needed"
         )
     rng = np.random.default_rng(seed)
@@ -225,7 +226,7 @@ def judge(
         "generated_pieces": len(generated),
         "test_tracks": len(tracks),
         "test_tracks_long_enough": sum(n >= length for n in lengths),
-        "test_excerpts": excerpt_count(lengths, length),
+        "test_excerpts": available,
         "test_files_used": len(files_used),
         "sets": sets_summary,
     }

@@ -201,12 +201,9 @@ def _head_table(result: Mapping[str, Any]) -> str:
         base = result["baselines"].get(head, {})
         rows.append([head, *(f(scores, base) for f in columns.values())])
     full = model.get("pitch_full_context")
-    if full:
+    if full:  # the same columns: the model and the bigram on each window's last note
         base = {"bigram": result["baselines"]["pitch"].get("bigram_full_context", {})}
-        rows.append(["pitch, full context", full.get("nll", math.nan),
-                     full.get("accuracy", math.nan), math.nan, math.nan,
-                     base["bigram"].get("nll", math.nan),
-                     base["bigram"].get("accuracy", math.nan)])  # fmt: skip
+        rows.append(["pitch, full context", *(f(full, base) for f in columns.values())])
 
     def shown(i: int) -> bool:
         return any(isinstance(r[i + 1], float) and math.isfinite(r[i + 1]) for r in rows)
