@@ -35,7 +35,7 @@ class Track:
 
     file_id: str
     track: int
-    notes: dict[str, np.ndarray]  # pitch, step, duration
+    notes: dict[str, np.ndarray]  # pitch, step, duration; part where the notes carry one
 
     def __len__(self) -> int:
         return len(self.notes["pitch"])
@@ -105,13 +105,19 @@ def excerpt_piece(track: Track, first: int, length: int, seconds_per_beat: float
     """`length` notes of a track from note `first`, starting at 0, timed in beats."""
     cut = slice(first, first + length)
     notes = track.notes
-    piece = mm.Piece.from_steps(notes["pitch"][cut], notes["step"][cut], notes["duration"][cut])
+    part = notes.get("part")
+    piece = mm.Piece.from_steps(
+        notes["pitch"][cut],
+        notes["step"][cut],
+        notes["duration"][cut],
+        None if part is None else part[cut],
+    )
     return mm.scale(piece, seconds_per_beat)
 
 
 def cut(piece: mm.Piece, n: int) -> mm.Piece:
-    """The first `n` notes of a piece."""
-    return mm.Piece(piece.pitch[:n], piece.start[:n], piece.end[:n])
+    """The first `n` notes of a piece (with their parts)."""
+    return mm.first_notes(piece, n)
 
 
 def stats(values: Sequence[float]) -> dict[str, float]:

@@ -23,11 +23,16 @@ NOTE_LENGTH_CLASSES = (4.0, 2.0, 1.0, 0.5, 0.25, 3.0, 1.5, 0.75, 0.375, 4 / 3, 2
 
 @dataclass(frozen=True)
 class Piece:
-    """The notes of one piece (or excerpt), ordered by start then pitch; times in beats."""
+    """The notes of one piece (or excerpt), ordered by start then pitch; times in beats.
+
+    `part` is each note's index in the shards' part vocabulary (the manifest's "parts"), or
+    None where the notes carry no part (a track-mode piece, a MIDI file read as one line).
+    """
 
     pitch: np.ndarray
     start: np.ndarray
     end: np.ndarray
+    part: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "pitch", np.asarray(self.pitch, dtype=np.int64))
@@ -36,16 +41,26 @@ class Piece:
         if not (len(self.pitch) == len(self.start) == len(self.end)):
             msg = "pitch, start and end must have the same length"
             raise ValueError(msg)
+        if self.part is not None:
+            object.__setattr__(self, "part", np.asarray(self.part, dtype=np.int64))
+            if len(self.part) != len(self.pitch):
+                msg = "part must have one entry per note"
+                raise ValueError(msg)
 
     @classmethod
     def from_steps(
-        cls, pitch: Sequence[int] | np.ndarray, step: np.ndarray, duration: np.ndarray
+        cls,
+        pitch: Sequence[int] | np.ndarray,
+        step: np.ndarray,
+        duration: np.ndarray,
+        part: Sequence[int] | np.ndarray | None = None,
     ) -> Piece:
         """From the shards' representation: step = onset minus the previous onset."""
         start = np.cumsum(np.asarray(step, dtype=np.float64))
         if len(start):
             start -= start[0]  # the excerpt starts at its first note, whatever came before
-        return cls(np.asarray(pitch), start, start + np.asarray(duration, dtype=np.float64))
+        end = start + np.asarray(duration, dtype=np.float64)
+        return cls(np.asarray(pitch), start, end, None if part is None else np.asarray(part))
 
     def __len__(self) -> int:
         return len(self.pitch)
@@ -57,7 +72,14 @@ class Piece:
 
 def scale(piece: Piece, seconds_per_beat: float) -> Piece:
     """A piece timed in seconds, re-timed in beats."""
-    return Piece(piece.pitch, piece.start / seconds_per_beat, piece.end / seconds_per_beat)
+    spb = seconds_per_beat
+    return Piece(piece.pitch, piece.start / spb, piece.end / spb, piece.part)
+
+
+def first_notes(piece: Piece, n: int) -> Piece:
+    """The first `n` notes of a piece, with their parts."""
+    part = None if piece.part is None else piece.part[:n]
+    return Piece(piece.pitch[:n], piece.start[:n], piece.end[:n], part)
 
 
 # --- MusPy's per-piece metrics -----------------------------------------------------------------
@@ -254,10 +276,16 @@ def longest_repeat(piece: Piece) -> float:
 
 def shuffled(piece: Piece, rng: np.random.Generator) -> Piece:
     """The shuffled control: the piece's pitches randomly permuted among its notes, each note's
-    start and end kept (its rhythm is the piece's; its melody is noise)."""
+    start and end kept (its rhythm is the piece's; its melody is noise).
+
+    A note's part stays with its start and end, not with its pitch: the control keeps the
+    piece's texture (which voice plays when) and scatters the pitches over the voices, so a
+    voice's register is noise too, as its melody is.
+    """
     pitch = rng.permutation(piece.pitch)
     order = np.lexsort((pitch, piece.start))  # keeps the order by start, then pitch
-    return Piece(pitch[order], piece.start[order], piece.end[order])
+    part = None if piece.part is None else piece.part[order]
+    return Piece(pitch[order], piece.start[order], piece.end[order], part)
 
 
 PIECE_FIGURES = {
@@ -266,6 +294,114 @@ PIECE_FIGURES = {
     "n_pitches_used": n_pitches_used,
     "scale_consistency": scale_consistency,
 }
+
+
+# --- Parts: voices that keep to their register ---------------------------------------------------
+# Figures of a piece whose notes carry their part (score mode). Each is nan for a piece without
+# parts, so a set of track-mode pieces averages to nan rather than to a made-up 0.
+
+PartRanges = dict[int, tuple[float, float]]
+
+
+def _pitch_part_pairs(
+    pieces: Iterable[Piece | tuple[np.ndarray, np.ndarray]],
+) -> tuple[np.ndarray, np.ndarray]:
+    """All notes' pitches and parts, from pieces (those without parts left out) or from
+    (pitch, part) column pairs such as the training split's notes."""
+    pitches: list[np.ndarray] = [np.empty(0, dtype=np.int64)]
+    parts: list[np.ndarray] = [np.empty(0, dtype=np.int64)]
+    for item in pieces:
+        if isinstance(item, Piece):
+            if item.part is None:
+                continue
+            pitch, part = item.pitch, item.part
+        else:
+            pitch, part = (np.asarray(a, dtype=np.int64) for a in item)
+            if len(pitch) != len(part):
+                msg = "pitch and part must have the same length"
+                raise ValueError(msg)
+        pitches.append(pitch)
+        parts.append(part)
+    return np.concatenate(pitches), np.concatenate(parts)
+
+
+def part_ranges(
+    pieces: Iterable[Piece | tuple[np.ndarray, np.ndarray]],
+    low: float = 0.01,
+    high: float = 0.99,
+) -> PartRanges:
+    """Each part's real register: the `low` and `high` quantiles of its pitches over a set of
+    real pieces (the training notes), so that a stray note or two of the data does not widen it.
+    """
+    if not 0.0 <= low <= high <= 1.0:
+        msg = f"the range's quantiles must satisfy 0 <= low <= high <= 1, not {low} and {high}"
+        raise ValueError(msg)
+    pitch, part = _pitch_part_pairs(pieces)
+    out: PartRanges = {}
+    for index in np.unique(part):
+        own = pitch[part == index]
+        lo, hi = np.quantile(own, [low, high])
+        out[int(index)] = (float(lo), float(hi))
+    return out
+
+
+def outside_range(piece: Piece, ranges: PartRanges) -> float:
+    """The share of the piece's notes whose pitch lies outside its part's real range (a note of
+    a part the ranges never saw counts as outside); nan without notes or without parts."""
+    if piece.part is None or not len(piece):
+        return math.nan
+    lo = np.full(len(piece), np.inf)
+    hi = np.full(len(piece), -np.inf)  # an unknown part: every pitch is outside
+    for index, (a, b) in ranges.items():
+        mine = piece.part == index
+        lo[mine], hi[mine] = a, b
+    outside = (piece.pitch < lo) | (piece.pitch > hi)
+    return float(np.count_nonzero(outside) / len(piece))
+
+
+def part_pitch_range(piece: Piece) -> float:
+    """The mean over the piece's parts of each part's own pitch range, in semitones: a voice
+    that wanders out of its register shows here even where the whole piece's range does not."""
+    if piece.part is None or not len(piece):
+        return math.nan
+    ranges = [np.ptp(piece.pitch[piece.part == index]) for index in np.unique(piece.part)]
+    return float(np.mean(ranges))
+
+
+def parts_used(piece: Piece) -> float:
+    """How many different parts play in the piece (nan where notes carry no part)."""
+    return math.nan if piece.part is None else float(len(np.unique(piece.part)))
+
+
+# Per-piece figures of parts, apart from PIECE_FIGURES (whose set the report and eval.json list):
+# nan for a piece without parts. outside_range needs the real ranges: see part_figures.
+PART_FIGURES = {
+    "part_pitch_range": part_pitch_range,
+    "parts_used": parts_used,
+}
+
+
+def part_figures(piece: Piece, ranges: PartRanges | None = None) -> dict[str, float]:
+    """PART_FIGURES of one piece, and outside_range where the real ranges are given."""
+    out = {name: figure(piece) for name, figure in PART_FIGURES.items()}
+    if ranges is not None:
+        out["outside_range"] = outside_range(piece, ranges)
+    return out
+
+
+def mean_part_figures(
+    pieces: Sequence[Piece], ranges: PartRanges | None = None
+) -> dict[str, float]:
+    """Each part figure's mean over the pieces where it is defined (nan where it is nowhere,
+    as for a set of pieces without parts), without numpy's warning about an empty mean."""
+    names = [*PART_FIGURES, *(["outside_range"] if ranges is not None else [])]
+    rows = [part_figures(p, ranges) for p in pieces]
+    out: dict[str, float] = {}
+    for name in names:
+        values = np.array([row[name] for row in rows], dtype=np.float64)
+        values = values[np.isfinite(values)]
+        out[name] = float(values.mean()) if len(values) else math.nan
+    return out
 
 
 # --- Yang & Lerch (2018): features, distances, densities -------------------------------------
@@ -334,6 +470,11 @@ DESCRIPTIONS = {
     "four-beat stretches are, from 0 to 1 (1 when every stretch repeats the one before).",
     "longest_repeat": "The length in notes of the longest run of pitches that the piece plays "
     "twice, the two times not overlapping.",
+    "part_pitch_range": "The distance in semitones between a part's highest and lowest note, "
+    "averaged over the piece's parts.",
+    "parts_used": "How many different parts (voices or instruments) play in the piece.",
+    "outside_range": "The share of notes pitched outside the range their part has in the "
+    "training music (by default its 1st to 99th percentile).",
     "pitch_count": "How many different pitches a piece uses.",
     "pitch_class_histogram": "How often each of the 12 note names occurs, as shares of the "
     "piece's notes.",
