@@ -24,7 +24,7 @@ import tensorflow as tf
 
 from pipelines.config import Generate, Sequences, Train
 from pipelines.generate import sampling_of
-from pipelines.generator import FEATURES, Notes, NoteSampler, Sampling
+from pipelines.generator import FEATURES, HELD, Notes, NoteSampler, Sampling
 from pipelines.model import build_model
 
 PIECES = 64
@@ -51,6 +51,7 @@ def default_manifest() -> dict[str, Any]:
                 "values": [20.0, 38.0, 52.0, 65.0, 75.0, 85.0, 97.0, 115.0],
             },
         },
+        "parts": {"max_rank": 4, "size": 68, "vocabulary": []},
     }
 
 
@@ -62,6 +63,7 @@ def primers(seed: int = 0) -> Notes:
         rng.choice([0.0, 0.25, 0.5, 1.0], shape),
         rng.choice([0.25, 0.5, 1.0, 2.0], shape),
         rng.integers(50, 110, shape),
+        rng.integers(0, 4, shape),
     )
 
 
@@ -78,7 +80,7 @@ def tutorial_rate(model: Any, manifest: dict[str, Any]) -> float:
     """Per piece, model.predict on the full window for every note; pitch, step, duration and
     velocity drawn with a plain softmax in numpy (cheaper than the stage's sampling)."""
     rng = np.random.default_rng(0)
-    values = {h: np.asarray(manifest["bins"][h]["values"]) for h in FEATURES[1:]}
+    values = {h: np.asarray(manifest["bins"][h]["values"]) for h in manifest["bins"]}
     window = primers().take(slice(0, TUTORIAL_PIECES))
     model.predict(window.take(slice(0, 1)).as_inputs(), verbose=0)  # build predict's function
     started = time.perf_counter()
@@ -91,7 +93,7 @@ def tutorial_rate(model: Any, manifest: dict[str, Any]) -> float:
                 z = out[head][0, -1].astype(np.float64)
                 p = np.exp(z - z.max())
                 k = rng.choice(len(p), p=p / p.sum())
-                note[head] = k if head == "pitch" else values[head][k]
+                note[head] = values[head][k] if head in values else k
             notes = Notes(
                 *(np.append(getattr(notes, f)[:, 1:], [[note[f]]], axis=1) for f in FEATURES)
             )
@@ -108,7 +110,8 @@ def batched_window_rate(sampler: NoteSampler, sampling: Sampling, notes: int) ->
     def next_note(window: dict[str, Any], recent: Any, uniform: Any) -> Any:
         out = model(window, training=False)
         logits = {h: tf.cast(out[h][:, -1], tf.float32) for h in step_model.heads}
-        note = step_model.draw_note(logits, recent, uniform, tf.zeros_like(recent[:, 0]), settings)
+        held = {k: tf.zeros_like(recent[:, 0]) for k in HELD}
+        note = step_model.draw_note(logits, recent, uniform, held, settings)
         window = {k: tf.concat([v[:, 1:], note[k][:, None]], axis=1) for k, v in window.items()}
         recent = tf.concat([recent[:, 1:], note["pitch"][:, None]], axis=1)
         return window, recent
@@ -118,10 +121,11 @@ def batched_window_rate(sampler: NoteSampler, sampling: Sampling, notes: int) ->
         rng = np.random.default_rng(seed)
         window = {k: tf.constant(v) for k, v in primers().as_inputs().items()}
         recent = tf.constant(primers().pitch[:, -sampling.repetition_window :].astype(np.int32))
-        next_note(window, recent, tf.constant(rng.random((4, PIECES)), tf.float32))  # trace
+        heads = len(step_model.heads)
+        next_note(window, recent, tf.constant(rng.random((heads, PIECES)), tf.float32))  # trace
         started = time.perf_counter()
         for _ in range(notes):
-            uniform = tf.constant(rng.random((4, PIECES)), tf.float32)
+            uniform = tf.constant(rng.random((heads, PIECES)), tf.float32)
             window, recent = next_note(window, recent, uniform)
         window["pitch"].numpy()
         rates.append(PIECES * notes / (time.perf_counter() - started))

@@ -218,7 +218,13 @@ class Train(Section):
     steps_per_epoch: int = Field(0, ge=0, description="0: the whole train split")
     validation_steps: int = Field(0, ge=0, description="0: the whole val split")
     loss_weights: dict[str, float] = Field(
-        default_factory=lambda: {"pitch": 1.0, "step": 1.0, "duration": 1.0, "velocity": 0.5}
+        default_factory=lambda: {
+            "pitch": 1.0,
+            "step": 1.0,
+            "duration": 1.0,
+            "velocity": 0.5,
+            "part": 1.0,
+        }
     )
     # What early stopping and the best epoch watch: weights over the heads' val_<head>_loss, as
     # Keras' loss_weights are over the losses. Pitch alone by default: the summed val_loss once
@@ -228,6 +234,10 @@ class Train(Section):
     monitor: dict[str, Annotated[float, Field(ge=0, le=1000)]] = Field(
         default_factory=lambda: {"pitch": 1.0}
     )
+    # Style: `group` feeds each piece's folder group (a composer, an artist...) to every step as
+    # a learned embedding; groups with fewer train files than min_group_files are pooled as other
+    condition: Literal["none", "group"] = "none"
+    min_group_files: int = Field(8, ge=1)
     seed: int = 42
     mixed_precision: Literal["auto", "on", "off"] = "auto"
     model_name: str = Field("lakhflow-lstm", min_length=1, max_length=MODEL_NAME_MAX)
@@ -291,7 +301,11 @@ class Generate(Section):
     seed: int = 0
     primer_midi: str | None = None
     primer_pitches: str | None = None
-    primer_notes: int = Field(32, ge=1)
+    # 0: no primer, the model starts from its own first note (with primer_midi/pitches: all)
+    primer_notes: int = Field(32, ge=0)
+    # a style-conditioned model's group (composer, artist...); null: each piece its primer's
+    # group (test-split primers), else the model's groups in turn
+    group: str | None = None
     program: int | str = "acoustic_grand_piano"
     # the tempi MIDI files hold stay far below 1000 bpm (sequences' tempo histogram ends there)
     tempo_bpm: float | None = Field(None, gt=0, le=1000)

@@ -7,7 +7,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,9 +25,10 @@ MAX_PITCH = 127
 
 _DTYPES = {"int64": tf.int64, "float": tf.float32}
 _PARSE_SPEC = {  # what the model reads of the shard writer's chunks (schema.CHUNK_*): the notes
-    # and their program; not `part` yet, so windows are what they were before chunks had parts
+    # with their parts, the program and the file's group
     **{name: tf.io.RaggedFeature(_DTYPES[CHUNK_NOTE_FEATURES[name]]) for name in NOTE_FEATURES},
     "program": tf.io.FixedLenFeature([], _DTYPES[CHUNK_CONTEXT_FEATURES["program"]]),
+    "group": tf.io.FixedLenFeature([], tf.string, default_value=""),
 }
 
 
@@ -50,16 +51,16 @@ def shard_paths(shard_dir: Path, split: str, manifest: dict[str, Any] | None = N
 
 
 def chunks(shard_dir: Path, split: str) -> Iterator[dict[str, Any]]:
-    """Every chunk of a split, in shard order: note arrays (with `part` where the shards have
-    it) plus program, file_id, track (-1: a merged score), offset."""
+    """Every chunk of a split, in shard order: note arrays (pitch, step, duration, velocity,
+    part) plus program, file_id, group, track (-1: a merged score), offset."""
     from tensorflow.core.example import example_pb2
 
     for path in shard_paths(shard_dir, split):
         for record in tf.data.TFRecordDataset(str(path), compression_type="GZIP"):
             feature = example_pb2.Example.FromString(record.numpy()).features.feature
-            parts = {"part": np.asarray(feature["part"].int64_list.value, dtype=np.int32)}
             yield {
-                **(parts if "part" in feature else {}),
+                "part": np.asarray(feature["part"].int64_list.value, dtype=np.int32),
+                "group": feature["group"].bytes_list.value[0].decode(),
                 "pitch": np.asarray(feature["pitch"].int64_list.value, dtype=np.int32),
                 "step": np.asarray(feature["step"].float_list.value, dtype=np.float32),
                 "duration": np.asarray(feature["duration"].float_list.value, dtype=np.float32),
@@ -81,9 +82,10 @@ def _frame(block: dict[str, Any], window: int, stride: int) -> dict[str, tf.Tens
     starts = tf.gather(tf.cast(pitch.row_starts(), tf.int64), chunk_of) + within
     index = starts[:, None] + tf.range(window, dtype=tf.int64)[None, :]
     out = {name: tf.gather(block[name].flat_values, index) for name in NOTE_FEATURES}
-    out["pitch"] = tf.cast(out["pitch"], tf.int32)
-    out["velocity"] = tf.cast(out["velocity"], tf.int32)
+    for name in ("pitch", "velocity", "part"):
+        out[name] = tf.cast(out[name], tf.int32)
     out["program"] = tf.cast(tf.gather(block["program"], chunk_of), tf.int32)
+    out["group"] = tf.gather(block["group"], chunk_of)
     return out
 
 
@@ -116,9 +118,13 @@ def windows(
     transpose: int = 0,
     seed: int = 0,
     repeat: bool = False,
+    groups: Sequence[str] | None = None,
 ) -> tf.data.Dataset:
     """Windows of seq_length+1 notes cut from the split's chunks; never across a chunk's end.
 
+    Each window carries its notes (with their parts), its program and its file's `group`; with
+    `groups` (a style vocabulary whose first entry is the pool, `other`) also its `style`: the
+    group's index in it, 0 for a group not listed.
     Transposition applies to the train split only: val and test are read as they are.
     """
     window = int(manifest["seq_length"]) + 1
@@ -151,8 +157,19 @@ def windows(
     seeds = tf.data.Dataset.random(seed=seed).batch(2)
     stream = tf.data.Dataset.zip((blocks, seeds))
 
+    table = None
+    if groups is not None:
+        table = tf.lookup.StaticHashTable(
+            tf.lookup.KeyValueTensorInitializer(
+                tf.constant(list(groups), tf.string), tf.range(len(groups), dtype=tf.int32)
+            ),
+            default_value=0,
+        )
+
     def to_windows(serialized: tf.Tensor, block_seed: tf.Tensor) -> dict[str, tf.Tensor]:
         batch = _frame(tf.io.parse_example(serialized, _PARSE_SPEC), window, stride)
+        if table is not None:
+            batch["style"] = table.lookup(batch["group"])
         if semitones > 0:
             batch = _transpose(batch, semitones, block_seed)
         if shuffle:

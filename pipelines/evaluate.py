@@ -83,8 +83,9 @@ def read_inputs(cfg: Config) -> Inputs:
 def tokens_of(
     notes: Mapping[str, np.ndarray], manifest: Mapping[str, Any]
 ) -> dict[str, np.ndarray]:
-    """Each head's class indices: the pitch itself, the other heads binned by the manifest."""
-    out = {"pitch": np.asarray(notes["pitch"], dtype=np.int64)}
+    """Each head's class indices: the pitch and part themselves, the other heads binned by the
+    manifest."""
+    out = {name: np.asarray(notes[name], dtype=np.int64) for name in ("pitch", "part")}
     for head in BINNED_HEADS:
         out[head] = classes_of(notes[head], manifest["bins"][head]["edges"])
     return out

@@ -20,7 +20,7 @@ import numpy as np
 from pipelines import registry, storage, tracking
 from pipelines.config import Config, Generate
 from pipelines.errors import LakhflowError, ParamsError
-from pipelines.generator import NoteSampler, Sampling, load_keras
+from pipelines.generator import NoteSampler, Sampling, load_keras, style_names
 from pipelines.midi import FEATURES, Notes, seconds_per_unit, tempo_of, to_midi
 from pipelines.primers import (
     PRIMER_CANDIDATES,
@@ -28,6 +28,7 @@ from pipelines.primers import (
     midi_primer,
     pitches_primer,
 )
+from pipelines.schema import OTHER_STYLE
 
 log = logging.getLogger(__name__)
 
@@ -94,18 +95,20 @@ def load_source(cfg: Config) -> Source:
 def split_primers(
     cfg: Config, manifest: dict[str, Any], count: int, rng: np.random.Generator
 ) -> Primers:
-    """`count` windows of `generate.primer_notes` notes from the test split, chosen by the seed."""
+    """`count` windows of `generate.primer_notes` notes from the test split, chosen by the seed
+    (from files of `generate.group` where the test split holds any)."""
     from pipelines import dataset
 
     length = cfg.generate.primer_notes
+    wanted = cfg.generate.group
     shard_manifest = dataset.read_manifest(cfg.paths.shards)
     # Windows exactly as long as the primer, not overlapping, so candidates differ.
     framed = {**shard_manifest, "seq_length": length - 1}
     stream = dataset.windows(cfg.paths.shards, "test", framed, batch_size=256, stride=length)
-    found: dict[str, list[np.ndarray]] = {k: [] for k in FEATURES}
+    found: dict[str, list[np.ndarray]] = {k: [] for k in (*FEATURES, "group")}
     total = 0
     for batch in stream:
-        for k in FEATURES:
+        for k in found:
             found[k].append(np.asarray(batch[k]))
         total += int(batch["pitch"].shape[0])
         if total >= PRIMER_CANDIDATES:
@@ -115,12 +118,18 @@ def split_primers(
             f"the test split has no run of {length} notes for a primer; lower "
             "generate.primer_notes or set generate.primer_pitches / generate.primer_midi"
         )
-    candidates = Notes(*(np.concatenate(found[k])[:PRIMER_CANDIDATES] for k in FEATURES))
-    found_windows = candidates.pitch.shape[0]
-    picked = rng.choice(found_windows, size=count, replace=count > found_windows)
+    candidates = Notes(**{k: np.concatenate(found[k])[:PRIMER_CANDIDATES] for k in FEATURES})
+    groups = [g.decode() for g in np.concatenate(found["group"])[:PRIMER_CANDIDATES]]
+    pool = np.arange(len(groups))
+    if wanted and wanted in groups:
+        pool = np.flatnonzero(np.asarray(groups, dtype=object) == wanted)
+    elif wanted:
+        log.warning("the test split has no primer from group %s: primers from any group", wanted)
+    picked = rng.choice(pool, size=count, replace=count > len(pool))
     primer = candidates.take(picked)
     described = [
-        {"source": "test split", "window": int(i), "notes": length} for i in picked.tolist()
+        {"source": "test split", "window": int(i), "notes": length, "group": groups[i]}
+        for i in picked.tolist()
     ]
     return Primers(primer, described)
 
@@ -129,6 +138,14 @@ def make_primers(
     cfg: Config, manifest: dict[str, Any], count: int, rng: np.random.Generator
 ) -> Primers:
     g = cfg.generate
+    if g.primer_notes == 0 and (g.primer_midi or g.primer_pitches):
+        raise ParamsError(
+            "generate.primer_notes is 0 (no primer) but generate.primer_midi or primer_pitches "
+            "is set; give the primer notes, or unset the primer"
+        )
+    if g.primer_notes == 0:
+        empty = Notes(**{k: np.zeros((count, 0)) for k in FEATURES})
+        return Primers(empty, [{"source": "none", "notes": 0} for _ in range(count)])
     if g.primer_midi:
         path = Path(g.primer_midi)
         path = path if path.is_absolute() else cfg.paths.root / path
@@ -142,6 +159,31 @@ def make_primers(
         described = {"source": "pitches", "pitches": g.primer_pitches, "notes": len(one)}
         return Primers(batch, [dict(described) for _ in range(count)])
     return split_primers(cfg, manifest, count, rng)
+
+
+def piece_styles(g: Generate, manifest: dict[str, Any], primers: Primers) -> list[str]:
+    """Each piece's style: generate.group; else its primer's group (test-split primers; a group
+    the model pooled is `other`); else the model's styles in turn. [] for a model without."""
+    styles = style_names(manifest)
+    if not styles:
+        if g.group:
+            raise ParamsError(
+                f"generate.group: {g.group!r}, but the model has no styles (it was trained with "
+                "train.condition: none)"
+            )
+        return []
+    if g.group:
+        if g.group not in styles:
+            raise ParamsError(
+                f"generate.group: unknown group {g.group!r}; the model knows {', '.join(styles)}"
+            )
+        return [g.group] * len(primers.described)
+    return [
+        (d["group"] if d["group"] in styles else OTHER_STYLE)
+        if "group" in d
+        else styles[i % len(styles)]
+        for i, d in enumerate(primers.described)
+    ]
 
 
 # --------------------------------------------------------------------------- audio
@@ -302,6 +344,8 @@ def run(cfg: Config, *, renderer: Renderer | None = None) -> dict[str, Any]:
     manifest = source.manifest
     rng = np.random.default_rng(g.seed)
     primers = make_primers(cfg, manifest, g.count, rng)
+    styles = piece_styles(g, manifest, primers)
+    names = style_names(manifest)
     tempo = g.tempo_bpm or primers.tempo_bpm or tempo_of(manifest)
 
     started = time.perf_counter()
@@ -312,6 +356,7 @@ def run(cfg: Config, *, renderer: Renderer | None = None) -> dict[str, Any]:
         notes=None if g.seconds else g.notes,
         seconds=g.seconds,
         tempo_bpm=tempo,
+        style=np.asarray([names.index(s) for s in styles]) if styles else None,
     )
     elapsed = time.perf_counter() - started
     primed = len(primers.notes)
@@ -351,6 +396,7 @@ def run(cfg: Config, *, renderer: Renderer | None = None) -> dict[str, Any]:
                     "seconds": round(float(midi.get_end_time()), 3),
                     "seed": g.seed,
                     "index_in_batch": i,
+                    "style": styles[i] if styles else None,
                     "primer": {**primers.described[i], "pitch": piece.pitch[:primed].tolist()},
                 }
             )

@@ -23,8 +23,8 @@ from mlflow.pyfunc import PythonModel
 
 from pipelines.errors import LakhflowError, ParamsError
 from pipelines.midi import FEATURES, Notes, seconds_per_unit, tempo_of
-from pipelines.primers import class_values, pitches_primer
-from pipelines.schema import HEADS
+from pipelines.primers import class_values, pitches_primer, typical_note
+from pipelines.schema import HEADS, INPUT_DTYPES
 
 if TYPE_CHECKING:
     import keras
@@ -34,10 +34,12 @@ log = logging.getLogger(__name__)
 # Notes per second of music at most, when the length is given in seconds: a safety cap for a
 # model that keeps predicting chords (step 0) and would otherwise never reach the end.
 MAX_NOTES_PER_SECOND = 64
-INPUT_DTYPES = {"pitch": "int32", "step": "float32", "duration": "float32", "velocity": "int32"}
 # Notes drawn per graph call when the length is in seconds (checked between calls).
 ROUND_NOTES = 64
 REQUEST_COLUMNS = ("notes", "temperature", "seed", "primer_pitches")
+# What each piece holds through its generation, [B] each: its style (a conditioned model), and
+# the velocity and part the tutorial's regression heads do not predict (the primer's).
+HELD = ("style", "velocity", "part")
 NOTE_COLUMNS = ("piece", "pitch", "step", "duration", "velocity", "start", "end")
 
 
@@ -149,6 +151,17 @@ def penalise(logits: Any, recent: Any, penalty: Any) -> Any:
 # --------------------------------------------------------------------------- the step model
 
 
+def styles_of(style: np.ndarray | None, notes: Notes) -> np.ndarray:
+    """Each piece's style index [B]; 0 (the pooled `other`) where none is given."""
+    batch = notes.pitch.shape[0]
+    return np.zeros(batch, np.int32) if style is None else np.asarray(style, np.int32)
+
+
+def style_names(manifest: Mapping[str, Any]) -> list[str]:
+    """A model's style vocabulary (the train stage's): [] for an unconditioned model."""
+    return [g["name"] for g in (manifest.get("style") or {}).get("groups", [])]
+
+
 def _lstm_index(name: str) -> int | None:
     found = re.fullmatch(r"lstm_(\d+)", name)
     return int(found.group(1)) if found else None
@@ -195,12 +208,18 @@ class StepModel:
         self.sequences = [bool(layer.return_sequences) for layer in lstms]
         self.heads = [h for h in HEADS if h in model.output]
         self.categorical = len(model.output["pitch"].shape) == 3
+        # A style-conditioned model takes the piece's style at every step.
+        self.styled = "style" in model.input
         self.values = {
             h: tf.constant(class_values(manifest, h), tf.float32)
             for h in ("step", "duration", "velocity")
             if self.categorical
         }
-        notes = {k: tf.TensorSpec([None, None], d, name=k) for k, d in INPUT_DTYPES.items()}
+        notes = {
+            k: tf.TensorSpec([None, None], INPUT_DTYPES[k], name=k)
+            for k in (*FEATURES, "style")
+            if k in model.input
+        }
         states = [
             (tf.TensorSpec([None, u], self.state_dtype), tf.TensorSpec([None, u], self.state_dtype))
             for u in self.units
@@ -221,7 +240,7 @@ class StepModel:
             states,
             tf.TensorSpec([None, None], tf.int32),  # recent pitches
             tf.TensorSpec([None, None, None], tf.float32),  # uniforms
-            tf.TensorSpec([None], tf.int32),  # mean velocity (regression heads)
+            {k: tf.TensorSpec([None], tf.int32) for k in HELD},
             settings,
         ]
         self._sample = tf.function(self._sample_graph, input_signature=signature)
@@ -268,10 +287,11 @@ class StepModel:
         logits: Mapping[str, Any],
         recent: Any,
         uniform: Any,
-        mean_velocity: Any,
+        held: Mapping[str, Any],
         settings: Mapping[str, Any],
     ) -> dict[str, Any]:
-        """The next note of every piece from its heads' logits (graph ops); uniform [heads, B]."""
+        """The next note of every piece from its heads' logits (graph ops); uniform [heads, B].
+        `held` [B] per piece: the style, and what the tutorial's heads do not predict."""
         import tensorflow as tf
 
         temperature = settings["temperature"]
@@ -285,11 +305,13 @@ class StepModel:
             note["velocity"] = tf.cast(
                 tf.clip_by_value(tf.round(note["velocity"]), 1, 127), tf.int32
             )
+            note["part"] = draw_classes(logits["part"], uniform[4], temperature["part"], **pick)
         else:
             # The tutorial's regression heads: a number per note, kept >= 0.
             note["step"] = tf.maximum(logits["step"][:, 0], 0.0)
             note["duration"] = tf.maximum(logits["duration"][:, 0], 0.0)
-            note["velocity"] = mean_velocity
+            note["velocity"] = held["velocity"]
+            note["part"] = held["part"]
         return note
 
     def _sample_graph(
@@ -298,7 +320,7 @@ class StepModel:
         states: list[tuple[Any, Any]],
         recent: Any,
         uniforms: Any,
-        mean_velocity: Any,
+        held: dict[str, Any],
         settings: dict[str, Any],
     ) -> Any:
         """Draw len(uniforms) notes per piece, feeding each back in; uniforms [N, heads, B]."""
@@ -306,14 +328,17 @@ class StepModel:
 
         count = tf.shape(uniforms)[0]
         drawn = {
-            k: tf.TensorArray(tf.int32 if k in ("pitch", "velocity") else tf.float32, size=count)
+            k: tf.TensorArray(tf.float32 if k in ("step", "duration") else tf.int32, size=count)
             for k in FEATURES
         }
         for n in tf.range(count):
-            note = self.draw_note(logits, recent, uniforms[n], mean_velocity, settings)
+            note = self.draw_note(logits, recent, uniforms[n], held, settings)
             drawn = {k: drawn[k].write(n, note[k]) for k in FEATURES}
             recent = tf.concat([recent[:, 1:], note["pitch"][:, None]], axis=1)
-            logits, states = self._logits({k: v[:, None] for k, v in note.items()}, states)
+            fed = {k: v[:, None] for k, v in note.items()}
+            if self.styled:
+                fed["style"] = held["style"][:, None]
+            logits, states = self._logits(fed, states)
         notes = {k: tf.transpose(drawn[k].stack()) for k in FEATURES}
         return notes, logits, states, recent
 
@@ -326,13 +351,33 @@ class StepModel:
         ]
 
     def run(
-        self, notes: Notes, states: list[tuple[Any, Any]] | None = None
+        self,
+        notes: Notes,
+        states: list[tuple[Any, Any]] | None = None,
+        style: np.ndarray | None = None,
     ) -> tuple[dict[str, np.ndarray], list[tuple[Any, Any]]]:
-        """Feed notes [B, T]: each head's logits after every note [B, T, C], and the states."""
+        """Feed notes [B, T] (of pieces in the styles [B] for a conditioned model): each head's
+        logits after every note [B, T, C], and the states."""
         if states is None:
             states = self.initial_states(notes.pitch.shape[0])
-        logits, states = self._run(notes.as_inputs(), states)
+        inputs = notes.as_inputs()
+        if self.styled:
+            inputs["style"] = np.repeat(styles_of(style, notes)[:, None], len(notes), axis=1)
+        logits, states = self._run(inputs, states)
         return {h: np.swapaxes(np.asarray(v), 0, 1) for h, v in logits.items()}, states
+
+    def first_logits(self, batch: int) -> dict[str, np.ndarray]:
+        """The heads before any note (the LSTM's zero state): where a piece with no primer
+        starts. The style enters with the first note fed back."""
+        import tensorflow as tf
+
+        x = tf.zeros([batch, self.units[-1]], self.state_dtype)
+        outputs = self.tail(x[:, None] if self.sequences[-1] else x, training=False)
+        logits = {}
+        for head in self.heads:
+            y = np.asarray(tf.cast(outputs[head], tf.float32))
+            logits[head] = y[:, 0] if y.ndim == 3 else y
+        return logits
 
     def sample(
         self,
@@ -340,7 +385,7 @@ class StepModel:
         states: list[tuple[Any, Any]],
         recent: np.ndarray,
         uniforms: np.ndarray,
-        mean_velocity: np.ndarray,
+        held: Mapping[str, np.ndarray],
         sampling: Sampling,
     ) -> tuple[Notes, dict[str, Any], list[tuple[Any, Any]], np.ndarray]:
         """Draw uniforms.shape[0] notes for every piece; returns them [B, N] and the carry."""
@@ -349,7 +394,7 @@ class StepModel:
             states,
             recent.astype(np.int32),
             uniforms.astype(np.float32),
-            mean_velocity.astype(np.int32),
+            {k: np.asarray(held[k], np.int32) for k in HELD},
             sampling.tensors(),
         )
         arrays = {k: np.asarray(v) for k, v in notes.items()}
@@ -376,8 +421,10 @@ class NoteSampler:
         notes: int | None = None,
         seconds: float | None = None,
         tempo_bpm: float | None = None,
+        style: np.ndarray | None = None,
     ) -> list[Notes]:
-        """Continue each primer row ([B, P] arrays) by `notes` notes or `seconds` of music.
+        """Continue each primer row ([B, P] arrays; P may be 0) by `notes` notes or `seconds`
+        of music, each piece in its style [B] (a conditioned model; None: `other`).
 
         Returns one `Notes` per piece: the primer followed by the generated notes.
         """
@@ -387,19 +434,27 @@ class NoteSampler:
         batch = primer.pitch.shape[0]
         window = max(sampling.repetition_window, 1)
         recent = np.full((batch, window), -1, dtype=np.int64)
-        if sampling.repetition_window:
+        if sampling.repetition_window and len(primer):
             tail = primer.pitch[:, -window:]
             recent[:, -tail.shape[1] :] = tail
-        mean_velocity = np.clip(np.rint(primer.velocity.mean(axis=1)), 1, 127)
+        held = {"style": styles_of(style, primer)}
+        if len(primer):
+            held["velocity"] = np.clip(np.rint(primer.velocity.mean(axis=1)), 1, 127)
+            held["part"] = primer.part[:, -1]
+        else:
+            held["velocity"] = np.full(batch, typical_note(self.manifest)[2])
+            held["part"] = np.zeros(batch, np.int64)
         heads = len(self.step_model.heads)
 
-        primed, states = self.step_model.run(primer)
-        logits = {h: v[:, -1] for h, v in primed.items()}
+        if len(primer):
+            primed, states = self.step_model.run(primer, style=held["style"])
+            logits = {h: v[:, -1] for h, v in primed.items()}
+        else:
+            states = self.step_model.initial_states(batch)
+            logits = self.step_model.first_logits(batch)
         if seconds is None:
             uniforms = rng.random((int(notes or 0), heads, batch))
-            made, *_ = self.step_model.sample(
-                logits, states, recent, uniforms, mean_velocity, sampling
-            )
+            made, *_ = self.step_model.sample(logits, states, recent, uniforms, held, sampling)
             return [_join(primer.take(b), made.take(b)) for b in range(batch)]
 
         # Length in seconds: draw in rounds until every piece is long enough, then trim each.
@@ -411,7 +466,7 @@ class NoteSampler:
             size = min(ROUND_NOTES, limit - total)
             uniforms = rng.random((size, heads, batch))
             made, logits, states, recent = self.step_model.sample(
-                logits, states, recent, uniforms, mean_velocity, sampling
+                logits, states, recent, uniforms, held, sampling
             )
             rounds.append(made)
             total += size
@@ -429,10 +484,12 @@ class NoteSampler:
 
 def _join(primer: Notes, made: Notes) -> Notes:
     return Notes(
-        np.concatenate([primer.pitch, made.pitch]).astype(np.int64),
-        np.concatenate([primer.step, made.step]).astype(np.float64),
-        np.concatenate([primer.duration, made.duration]).astype(np.float64),
-        np.concatenate([primer.velocity, made.velocity]).astype(np.int64),
+        **{
+            k: np.concatenate([getattr(primer, k), getattr(made, k)]).astype(
+                np.float64 if k in ("step", "duration") else np.int64
+            )
+            for k in FEATURES
+        }
     )
 
 

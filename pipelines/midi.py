@@ -384,6 +384,7 @@ class Notes:
     step: np.ndarray
     duration: np.ndarray
     velocity: np.ndarray
+    part: np.ndarray  # each note's index in the manifest's part vocabulary
 
     def __len__(self) -> int:
         return int(self.pitch.shape[-1])
@@ -398,12 +399,11 @@ class Notes:
             "step": self.step.astype(np.float32),
             "duration": self.duration.astype(np.float32),
             "velocity": self.velocity.astype(np.int32),
+            "part": self.part.astype(np.int32),
         }
 
     def take(self, index: Any) -> Notes:
-        return Notes(
-            self.pitch[index], self.step[index], self.duration[index], self.velocity[index]
-        )
+        return Notes(**{k: getattr(self, k)[index] for k in FEATURES})
 
     def starts(self) -> np.ndarray:
         """Onsets from the first note (the first note's own step is the gap before the piece)."""

@@ -20,7 +20,9 @@ import tensorflow as tf
 from pipelines.config import Train
 from pipelines.schema import (
     HEADS,
+    INPUT_DTYPES,
     NOTE_FEATURES,
+    OTHER_STYLE,
     PITCHES,
     bin_edges,
     classes_of,
@@ -32,7 +34,23 @@ log = logging.getLogger(__name__)
 FEATURES = NOTE_FEATURES  # the model's raw inputs
 BINNED = ("step", "duration", "velocity")  # heads that are classes over the manifest's bins
 REGRESSION_HEADS = ("pitch", "step", "duration")  # the TensorFlow tutorial's heads
-INPUT_DTYPES = {"pitch": "int32", "step": "float32", "duration": "float32", "velocity": "int32"}
+
+
+def style_groups(train: Train, manifest: Mapping[str, Any]) -> list[str]:
+    """The style vocabulary of a group-conditioned model: `other` first (groups with fewer than
+    train.min_group_files train files, and files in no folder), then the groups, by name.
+    Empty for an unconditioned model."""
+    if train.condition != "group" or train.heads == "regression":
+        return []
+    counts = manifest.get("groups") or {}
+    kept = sorted(
+        g
+        for g, n in counts.items()
+        if g and g != OTHER_STYLE and n["train"] >= train.min_group_files
+    )
+    return [OTHER_STYLE, *kept]
+
+
 # Keras needs unique layer names, and the heads own the names pitch/step/...; the inputs keep
 # those names as their dict keys (what callers pass), their layers are called `<name>_in`.
 INPUT_SUFFIX = "_in"
@@ -80,6 +98,8 @@ def split_window(
     Works on numpy arrays and on tensors (as a tf.data map).
     """
     inputs = {name: batch[name][:, :-1] for name in FEATURES}
+    if "style" in batch:  # the window's style (the reader's, given a vocabulary), at every step
+        inputs["style"] = batch["style"][:, None] + 0 * inputs["part"]
     if heads == "regression":
         targets = {
             "pitch": batch["pitch"][:, -1],
@@ -87,16 +107,17 @@ def split_window(
             "duration": batch["duration"][:, -1:],
         }
         return inputs, targets
-    targets = {"pitch": batch["pitch"][:, 1:]}
+    targets = {"pitch": batch["pitch"][:, 1:], "part": batch["part"][:, 1:]}
     for head in BINNED:
         targets[head] = to_classes(batch[head][:, 1:], bin_edges(manifest, head))
     return inputs, targets
 
 
-def _inputs() -> dict[str, keras.KerasTensor]:
+def _inputs(conditioned: bool = False) -> dict[str, keras.KerasTensor]:
+    names = (*FEATURES, "style") if conditioned else FEATURES
     return {
         name: keras.Input(shape=(None,), dtype=INPUT_DTYPES[name], name=name + INPUT_SUFFIX)
-        for name in FEATURES
+        for name in names
     }
 
 
@@ -121,13 +142,26 @@ def _functional(inputs: dict[str, Any], outputs: dict[str, Any], name: str) -> k
 
 
 def build_categorical(train: Train, manifest: Mapping[str, Any]) -> keras.Model:
-    """Sequence to sequence: the outputs at position t are logits for note t+1, per head."""
-    inputs = _inputs()
+    """Sequence to sequence: the outputs at position t are logits for note t+1, per head.
+
+    Every step sees its note's pitch, part and binned step, duration and velocity, each embedded;
+    a group-conditioned model also sees the piece's style (an embedding of its group)."""
+    groups = style_groups(train, manifest)
+    inputs = _inputs(conditioned=bool(groups))
     embedded = [
         keras.layers.Embedding(PITCHES, train.embedding_dim, name="pitch_embedding")(
             inputs["pitch"]
-        )
+        ),
+        keras.layers.Embedding(
+            n_classes(manifest, "part"), train.embedding_dim, name="part_embedding"
+        )(inputs["part"]),
     ]
+    if groups:
+        embedded.append(
+            keras.layers.Embedding(len(groups), train.embedding_dim, name="style_embedding")(
+                inputs["style"]
+            )
+        )
     for head in BINNED:
         edges = bin_edges(manifest, head)
         classes = keras.layers.Discretization(
@@ -260,6 +294,7 @@ def example_inputs(batch: int = 2, length: int = 8, seed: int = 0) -> dict[str, 
         "step": rng.choice([0.0, 0.25, 0.5, 1.0], size=(batch, length)).astype(np.float32),
         "duration": rng.choice([0.25, 0.5, 1.0, 2.0], size=(batch, length)).astype(np.float32),
         "velocity": rng.integers(40, 110, size=(batch, length)).astype(np.int32),
+        "part": rng.integers(0, 4, size=(batch, length)).astype(np.int32),
     }
 
 

@@ -1,7 +1,9 @@
 """Primers: the notes a generated piece starts from, as the model's `Notes` [count, P].
 
-From a list of pitches (at the training data's typical step, duration and velocity), from a MIDI
-file's first track, or from windows of the test split chosen by the seed.
+From a list of pitches (at the training data's typical step, duration and velocity, in the most
+common part), from a MIDI file (its tracks as the sequences stage would stream them: merged into
+one score with their parts in score mode, the first track in track mode), or from windows of the
+test split chosen by the seed.
 """
 
 from __future__ import annotations
@@ -56,8 +58,19 @@ def pitches_primer(text: str, manifest: Mapping[str, Any]) -> Notes:
     steps = np.full(n, step)
     steps[0] = 0.0
     return Notes(
-        np.asarray(pitches, np.int64), steps, np.full(n, duration), np.full(n, velocity, np.int64)
+        np.asarray(pitches, np.int64),
+        steps,
+        np.full(n, duration),
+        np.full(n, velocity, np.int64),
+        np.full(n, common_part(manifest), np.int64),
     )
+
+
+def common_part(manifest: Mapping[str, Any]) -> int:
+    """The part with the most training notes (the first of equals); 0 without a vocabulary."""
+    vocabulary = (manifest.get("parts") or {}).get("vocabulary") or []
+    best = max(vocabulary, key=lambda p: p["notes"], default=None)
+    return int(best["index"]) if best else 0
 
 
 def window_primers(rows: Sequence[Mapping[str, np.ndarray]], length: int) -> Notes:
@@ -66,37 +79,60 @@ def window_primers(rows: Sequence[Mapping[str, np.ndarray]], length: int) -> Not
 
 
 def midi_primer(path: Path, length: int, manifest: dict[str, Any]) -> tuple[Notes, float | None]:
-    """The first `length` notes of a MIDI file's first (non-drum) track, and its tempo."""
-    import pretty_midi
+    """The first `length` notes of a MIDI file as the model's training streams held them, and
+    the file's first tempo. In score mode all its tracks (drums only where the model learned a
+    drum part), merged with their parts; in track mode its first such track."""
+    from pipelines import sequences
+    from pipelines.config import Sequences
+    from pipelines.midi import parse_midi
 
     if path.is_dir():
         raise LakhflowError(f"generate.primer_midi: {path} is a folder, not a MIDI file")
     if not path.is_file():
         raise LakhflowError(f"generate.primer_midi: {path} does not exist")
     try:
-        midi = pretty_midi.PrettyMIDI(str(path))
-    except Exception as exc:  # mido/pretty_midi raise many types for a file that is not MIDI
+        parsed = parse_midi(path.read_bytes())
+    except Exception as exc:  # every parser error, as the parse stage (some are bare Exception)
         raise LakhflowError(
             f"generate.primer_midi: {path.name} is not a MIDI file ({type(exc).__name__})"
         ) from None
-    tracks = [i for i in midi.instruments if i.notes and not i.is_drum] or [
-        i for i in midi.instruments if i.notes
+    parts = manifest.get("parts") or {}
+    p = Sequences(
+        mode=manifest.get("mode", "track"),
+        time_unit=manifest.get("time_unit", "beats"),
+        max_part_rank=int(parts.get("max_rank", Sequences().max_part_rank)),
+    )
+    notes = parsed.columns
+    drums = any(v["family"] == "drums" for v in parts.get("vocabulary", []))
+    tracks = [
+        (track, rows)
+        for track, rows in sequences.track_slices(notes)
+        if drums or not notes["is_drum"][rows.start]
     ]
     if not tracks:
         raise LakhflowError(f"generate.primer_midi: {path.name} has no notes")
-    notes = sorted(tracks[0].notes, key=lambda n: (n.start, n.pitch))[:length]
-    start = np.asarray([n.start for n in notes])
-    end = np.asarray([n.end for n in notes])
-    if manifest.get("time_unit", "beats") == "beats":
-        start = np.asarray([midi.time_to_tick(t) for t in start]) / midi.resolution
-        end = np.asarray([midi.time_to_tick(t) for t in end]) / midi.resolution
-    step = np.diff(start, prepend=start[0])
-    _, tempi = midi.get_tempo_changes()
-    tempo = float(tempi[0]) if len(tempi) else None
+    part = sequences.track_parts(notes, tracks, p.max_part_rank)
+    streams = [
+        sequences.Stream(t, np.arange(rows.start, rows.stop), np.full(rows.stop - rows.start, q))
+        for (t, rows), q in zip(tracks, part, strict=True)
+    ]
+    stream = sequences.merge(notes, streams, p) if p.mode == "score" else streams[0]
+    stream = sequences.Stream(stream.track, stream.rows[:length], stream.part[:length])
+    features = sequences.stream_features(notes, stream, p)
     primer = Notes(
-        np.asarray([n.pitch for n in notes], np.int64),
-        step.astype(np.float64),
-        (end - start).astype(np.float64),
-        np.asarray([n.velocity for n in notes], np.int64),
+        **{
+            k: features[k].astype(np.float64 if k in ("step", "duration") else np.int64)
+            for k in FEATURES
+        }
     )
-    return primer, tempo
+    return primer, first_tempo(path)
+
+
+def first_tempo(path: Path) -> float | None:
+    import pretty_midi
+
+    try:
+        _, tempi = pretty_midi.PrettyMIDI(str(path)).get_tempo_changes()
+    except Exception:  # parse_midi read it; a tempo pretty_midi cannot read is left to the data
+        return None
+    return float(tempi[0]) if len(tempi) else None

@@ -65,14 +65,25 @@ CHUNK_NOTE_FEATURES = {
 CHUNK_CONTEXT_FEATURES = {
     "program": "int64",
     "file_id": "bytes",
+    "group": "bytes",  # the file's folder group (a composer, an artist...); "" where it has none
     "track": "int64",
     "offset": "int64",
 }
 SCORE_TRACK = -1  # the `track` of a merged score's chunks
-# A note as the model sees it, and its heads (one per feature, in this order): the model does
-# not read `part` yet.
-NOTE_FEATURES = ("pitch", "step", "duration", "velocity")
+# A note as the model sees it, and its heads (one per feature, in this order).
+NOTE_FEATURES = ("pitch", "step", "duration", "velocity", "part")
 HEADS = NOTE_FEATURES
+# The model's inputs: the note features, and a style-conditioned model's `style` (the piece's
+# group, as its index in the model's style vocabulary) at every step.
+INPUT_DTYPES = {
+    "pitch": "int32",
+    "step": "float32",
+    "duration": "float32",
+    "velocity": "int32",
+    "part": "int32",
+    "style": "int32",
+}
+OTHER_STYLE = "other"  # the style of the groups too small to learn on their own (pooled)
 BINNED_HEADS = ("step", "duration", "velocity")  # categorical over the manifest's bins
 PITCHES = 128  # MIDI pitches: the pitch head's classes
 
@@ -89,8 +100,18 @@ def bin_edges(manifest: Mapping[str, Any], head: str) -> np.ndarray:
 
 
 def n_classes(manifest: Mapping[str, Any], head: str) -> int:
-    """How many classes a categorical head predicts: 128 pitches, or len(edges) + 1 bins."""
-    return PITCHES if head == "pitch" else len(bin_edges(manifest, head)) + 1
+    """How many classes a categorical head predicts: 128 pitches, the part vocabulary's size,
+    or len(edges) + 1 bins."""
+    if head == "pitch":
+        return PITCHES
+    if head == "part":
+        try:
+            return int(manifest["parts"]["size"])
+        except KeyError:
+            raise LakhflowError(
+                "the shards' manifest has no part vocabulary; run `lakhflow sequences` again"
+            ) from None
+    return len(bin_edges(manifest, head)) + 1
 
 
 def classes_of(values: Any, edges: Any) -> np.ndarray:

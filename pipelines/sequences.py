@@ -21,6 +21,10 @@ ranks past `sequences.max_part_rank` sharing the last. The index is class * max_
 rank - 1, the same in every file and corpus: a chorale's four voices, all pianos, are piano-1
 (soprano) to piano-4 (bass). The manifest lists the parts that occur: name, family, rank, the
 program most of their notes had, and their notes.
+
+Groups. Every chunk carries its file's folder group (the files table's `group`: a composer for the
+music21 source, an artist or collection folder for a user's own MIDI); the manifest counts each
+group's files per split, which is what `train.condition: group` turns into styles.
 """
 
 from __future__ import annotations
@@ -356,8 +360,8 @@ class Corpus:
 
 @dataclass
 class Tally:
-    """What pass 2 counts: per-split totals, the train split's histograms, tempi, programs and
-    parts (each part's notes per program)."""
+    """What pass 2 counts: per-split totals, the train split's histograms, tempi, programs,
+    parts (each part's notes per program) and groups (each group's files per split)."""
 
     totals: dict[str, SplitTotals]
     step: Histogram
@@ -366,6 +370,7 @@ class Tally:
     tempo_counts: np.ndarray  # 0.01 bpm cells up to 1000 bpm
     programs: Counter[int]
     parts: dict[int, Counter[int]]
+    groups: dict[str, Counter[str]]
 
     @classmethod
     def start(cls, p: Sequences) -> Tally:
@@ -377,6 +382,7 @@ class Tally:
             tempo_counts=np.zeros(100_001, dtype=np.int64),
             programs=Counter(),
             parts={},
+            groups={},
         )
 
 
@@ -494,7 +500,8 @@ def spill_chunks(
         if file_id not in ok:
             continue
         for stream in file_streams(notes, selection, p):
-            add_stream(tally, spill, p, splits[file_id], file_id, notes, stream)
+            group = corpus.groups.get(file_id, "")
+            add_stream(tally, spill, p, splits[file_id], file_id, notes, stream, group)
     return tally
 
 
@@ -506,6 +513,7 @@ def add_stream(
     file_id: str,
     notes: Notes,
     stream: Stream,
+    group: str = "",
 ) -> None:
     """One stream: its chunks into the spill, its counts and tempi, and (train) bins."""
     n = len(stream)
@@ -517,10 +525,12 @@ def add_stream(
     program = most_common(notes_by_program)
     for lo in chunk_starts(n, p.chunk_notes, p.seq_length):
         hi = min(n, lo + p.chunk_notes)
-        record = chunk_example(features, lo, hi, program, file_id, stream.track)
+        record = chunk_example(features, lo, hi, program, file_id, stream.track, group)
         spill.add(split, shuffle_key(p.seed, file_id, stream.track, lo), record)
         total.chunks += 1
         total.windows += windows_in(hi - lo, p.seq_length, p.stride)
+    if file_id not in total.files:
+        tally.groups.setdefault(group, Counter())[split] += 1
     total.files.add(file_id)
     total.streams += 1
     total.tracks += len(np.unique(notes["track"][stream.rows]))
@@ -598,6 +608,11 @@ def write_shard_dir(
             cfg, bins, tally.programs, tally.tempo_counts, tally.totals, split_shards
         )
         manifest["parts"] = part_vocabulary(tally.parts, p.max_part_rank)
+        # each folder group's files per split ("" for files in no folder): what train.condition
+        # turns into the style vocabulary
+        manifest["groups"] = {
+            g: {s: tally.groups[g][s] for s in schema.SPLIT_NAMES} for g in sorted(tally.groups)
+        }
         manifest["grouping"] = {"shared_run": p.shared_run, "split_by": p.split_by, **grouping}
         manifest["splits_sha256"] = storage.file_digest(out / cfg.paths.splits.name, "sha256")
         (out / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
@@ -628,7 +643,9 @@ def build_manifest(
             "step": {"dtype": "float32", "shape": window},
             "duration": {"dtype": "float32", "shape": window},
             "velocity": {"dtype": "int32", "shape": window},
+            "part": {"dtype": "int32", "shape": window},
             "program": {"dtype": "int32", "shape": []},
+            "group": {"dtype": "string", "shape": []},
         },
         "bins": bins,
         "programs": {

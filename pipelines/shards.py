@@ -27,7 +27,13 @@ _SPILL_HEADER = struct.Struct("<QI")
 
 
 def chunk_example(
-    features: dict[str, np.ndarray], lo: int, hi: int, program: int, file_id: str, track: int
+    features: dict[str, np.ndarray],
+    lo: int,
+    hi: int,
+    program: int,
+    file_id: str,
+    track: int,
+    group: str = "",
 ) -> bytes:
     """Notes lo..hi of a stream's features as one serialized tf.train.Example (schema.CHUNK_*);
     `track` is the track's number, or schema.SCORE_TRACK for a file's merged score."""
@@ -42,7 +48,13 @@ def chunk_example(
 
     for name, kind in schema.CHUNK_NOTE_FEATURES.items():
         put(name, kind, features[name][lo:hi].tolist())
-    context = {"program": program, "file_id": file_id.encode(), "track": track, "offset": lo}
+    context = {
+        "program": program,
+        "file_id": file_id.encode(),
+        "group": group.encode(),
+        "track": track,
+        "offset": lo,
+    }
     for name, kind in schema.CHUNK_CONTEXT_FEATURES.items():
         put(name, kind, [context[name]])
     # A proto map's wire order follows a hash seeded per process: without `deterministic`

@@ -34,9 +34,10 @@ from pipelines.model import (
     load_model,
     reseed_dropout,
     split_window,
+    style_groups,
     summary_text,
 )
-from pipelines.schema import HEADS
+from pipelines.schema import HEADS, OTHER_STYLE
 
 log = logging.getLogger(__name__)
 
@@ -166,6 +167,7 @@ def train_windows(cfg: Config, manifest: Mapping[str, Any], epoch: int) -> Any:
         transpose=cfg.sequences.transpose,
         seed=cfg.train.seed + epoch,
         repeat=cfg.train.steps_per_epoch > 0,
+        groups=style_groups(cfg.train, manifest) or None,
     )
     heads = cfg.train.heads
     return ds.map(lambda b: split_window(b, manifest, heads)).prefetch(tf.data.AUTOTUNE)
@@ -177,7 +179,13 @@ def val_windows(cfg: Config, manifest: Mapping[str, Any]) -> Any:
     from pipelines.dataset import windows
 
     heads = cfg.train.heads
-    ds = windows(cfg.paths.shards, "val", dict(manifest), batch_size=cfg.train.batch_size)
+    ds = windows(
+        cfg.paths.shards,
+        "val",
+        dict(manifest),
+        batch_size=cfg.train.batch_size,
+        groups=style_groups(cfg.train, manifest) or None,
+    )
     ds = ds.map(lambda b: split_window(b, manifest, heads))
     n = int(manifest["splits"]["val"]["windows"])
     if cfg.train.validation_steps:
@@ -328,6 +336,8 @@ def run_tags(cfg: Config, manifest: Mapping[str, Any], manifest_sha: str, placem
         "manifest_sha256": manifest_sha,
         "splits_sha256": str(manifest.get("splits_sha256", "")),
         "heads": cfg.train.heads,
+        "condition": cfg.train.condition,
+        "styles": str(len(style_groups(cfg.train, manifest))),
         "device": placement.device,
         "strategy": placement.strategy_name,
         "replicas": str(placement.replicas),
@@ -700,6 +710,24 @@ def _epoch_windows(cfg: Config, manifest: Mapping[str, Any]) -> int:
     return int(manifest["splits"]["train"]["windows"])
 
 
+def model_manifest(cfg: Config) -> dict[str, Any]:
+    """The shards' manifest (bins, parts, splits: what the model was built on) and its style:
+    the condition, the style vocabulary and each group's train files."""
+    manifest = storage.read_json(cfg.paths.shards_manifest)
+    groups = style_groups(cfg.train, manifest)
+    files = {g: int(n["train"]) for g, n in (manifest.get("groups") or {}).items()}
+    pooled = sum(n for g, n in files.items() if g not in groups)
+    manifest["style"] = {
+        "condition": cfg.train.condition if groups else "none",
+        "min_group_files": cfg.train.min_group_files,
+        "groups": [
+            {"name": g, "train_files": pooled if g == OTHER_STYLE else files.get(g, 0)}
+            for g in groups
+        ],
+    }
+    return manifest
+
+
 def _write_outputs(
     cfg: Config,
     model: Any,
@@ -710,7 +738,7 @@ def _write_outputs(
     """data/model/ as one atomic folder (run.json comes once it is registered), and train.json."""
     with storage.atomic_dir(cfg.paths.model, "train") as tmp:
         model.save(tmp / MODEL_FILE)
-        shutil.copy2(cfg.paths.shards_manifest, tmp / MANIFEST_FILE)
+        storage.write_json(tmp / MANIFEST_FILE, model_manifest(cfg))
         write_history(tmp / "history.csv", progress.history)
         (tmp / "summary.txt").write_text(summary_text(model))
         plot_losses(tmp / "loss_curves.png", progress.history, heads)

@@ -15,7 +15,7 @@ from test_sequences import expected_scores, expected_tracks, score_project  # no
 from pipelines import dataset, sequences
 
 T = SEQUENCES_TEST_PARAMS["seq_length"]
-FEATURES = ("pitch", "step", "duration", "velocity")
+FEATURES = ("pitch", "step", "duration", "velocity", "part")
 
 
 def window_key(window: dict, shift: int = 0) -> tuple:
@@ -24,6 +24,7 @@ def window_key(window: dict, shift: int = 0) -> tuple:
         np.round(np.asarray(window["step"], np.float64), 4).tobytes(),
         np.round(np.asarray(window["duration"], np.float64), 4).tobytes(),
         np.asarray(window["velocity"], np.int32).tobytes(),
+        np.broadcast_to(np.asarray(window["part"], np.int32), len(window["pitch"])).tobytes(),
         int(window["program"]),
     )
 
@@ -53,7 +54,8 @@ def test_every_window_is_a_run_of_one_track_and_none_is_lost(
         for (file_id, _), track in tracks.items():
             if split_of[file_id] == split:
                 for s in range(len(track["pitch"]) - T):
-                    window = {k: track[k][s : s + T + 1] for k in FEATURES}
+                    window = {k: track[k][s : s + T + 1] for k in FEATURES if k != "part"}
+                    window["part"] = track["part"]
                     expected[window_key({**window, "program": track["program"]})] += 1
         got = Counter(window_key(w) for w in read_windows(shard_dir, split, manifest))
         assert got == expected, split
@@ -75,8 +77,8 @@ def test_score_windows_are_runs_of_a_merged_score_and_none_is_lost(
                     window = {k: score[k][s : s + T + 1] for k in FEATURES}
                     expected[window_key({**window, "program": score["program"]})] += 1
         windows = read_windows(shard_dir, split, manifest)
-        # the model's windows, as before chunks had parts
-        assert {k for w in windows[:1] for k in w} == {*FEATURES, "program"}
+        # the model's windows: notes with their parts, the program and the file's group
+        assert {k for w in windows[:1] for k in w} == {*FEATURES, "program", "group"}
         got = Counter(window_key(w) for w in windows)
         assert got == expected, split
         assert sum(got.values()) == manifest["splits"][split]["windows"]

@@ -44,6 +44,21 @@ MANIFEST: dict[str, Any] = {
         "duration": {"edges": [0.4, 0.75, 1.5, 3.0], "values": [0.25, 0.5, 1.0, 2.0, 4.0]},
         "velocity": {"edges": [50.0, 70.0, 90.0], "values": [40.0, 60.0, 80.0, 100.0]},
     },
+    "parts": {
+        "max_rank": 4,
+        "size": 68,
+        "vocabulary": [
+            {
+                "index": i,
+                "name": f"piano-{i + 1}",
+                "family": "piano",
+                "rank": i + 1,
+                "program": 0,
+                "notes": 100 - i,
+            }
+            for i in range(4)
+        ],
+    },
 }
 TINY = {"units": 16, "embedding_dim": 4, "layers": 2}
 
@@ -55,6 +70,7 @@ def random_notes(batch: int, length: int, seed: int = 0) -> Notes:
         rng.choice([0.0, 0.25, 0.5, 1.0, 2.0], (batch, length)),
         rng.choice([0.25, 0.5, 1.0, 3.0], (batch, length)),
         rng.integers(30, 120, (batch, length)),
+        rng.integers(0, 4, (batch, length)),
     )
 
 
@@ -99,6 +115,48 @@ def test_the_same_seed_gives_the_same_pieces_and_another_seed_others(model: Any)
         else:  # regression: times kept >= 0, velocity the primer's mean
             assert (piece.step[6:] >= 0).all() and (piece.duration[6:] >= 0).all()
             assert len(set(piece.velocity[6:])) == 1
+
+
+def test_parts_are_drawn_and_a_piece_without_primer_starts_from_the_model(model: Any) -> None:
+    sampler = NoteSampler(model, MANIFEST)
+    empty = Notes(
+        **{k: np.zeros((3, 0)) for k in ("pitch", "step", "duration", "velocity", "part")}
+    )
+    pieces = sampler.generate(
+        empty, Sampling.with_temperature(1.0), np.random.default_rng(0), notes=12
+    )
+    for piece in pieces:
+        assert len(piece) == 12 and piece.part.dtype == np.int64
+        assert piece.part.min() >= 0 and piece.part.max() < 68
+    if sampler.categorical:  # an untrained part head spreads its draws over many parts
+        assert len(set(np.concatenate([p.part for p in pieces]).tolist())) > 4
+    else:  # the tutorial's heads predict no part: the piece stays in part 0
+        assert all(set(p.part.tolist()) == {0} for p in pieces)
+
+
+STYLED = {**MANIFEST, "groups": {"bach": {"train": 9}, "palestrina": {"train": 9}}}
+
+
+def test_a_styled_model_steps_as_the_full_model_and_its_style_changes_the_music() -> None:
+    model = build_model(Train(condition="group", min_group_files=1, **TINY), STYLED)
+    notes = random_notes(batch=2, length=6)
+    style = np.array([1, 2])
+    stepped, _ = StepModel(model, STYLED).run(notes, style=style)
+    inputs = notes.as_inputs() | {"style": np.repeat(style[:, None].astype(np.int32), 6, axis=1)}
+    full = model(inputs, training=False)["pitch"].numpy()
+    np.testing.assert_allclose(stepped["pitch"], full, atol=1e-5, rtol=1e-5)
+    sampler = NoteSampler(model, STYLED)
+    sampling = Sampling.with_temperature(1.0)
+
+    def pitches(styles: list[int]) -> np.ndarray:
+        pieces = sampler.generate(
+            notes, sampling, np.random.default_rng(0), notes=16, style=np.array(styles)
+        )
+        return np.stack([p.pitch for p in pieces])
+
+    same, again, other = pitches([1, 1]), pitches([1, 1]), pitches([2, 2])
+    np.testing.assert_array_equal(same, again)
+    assert not np.array_equal(same[:, 6:], other[:, 6:])
 
 
 def test_length_in_seconds_trims_each_piece(model: Any) -> None:

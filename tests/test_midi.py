@@ -185,7 +185,7 @@ def test_tempo_map_policy() -> None:
 def test_a_written_piece_reads_back_in_beats_and_seconds(tmp_path: Path) -> None:
     piece = midi.Notes(
         np.array([64, 60, 67]), np.array([0.0, 0.0, 1.5]), np.array([1.0, 2.0, 0.5]),
-        np.array([90, 80, 70]),
+        np.array([90, 80, 70]), np.zeros(3, np.int64),
     )  # fmt: skip
     assert piece.starts().tolist() == [0.0, 0.0, 1.5]
     path = tmp_path / "piece.mid"

@@ -23,6 +23,21 @@ MANIFEST = {
         "duration": {"edges": [0.3, 0.6, 1.5], "values": [0.25, 0.5, 1.0, 2.0]},
         "velocity": {"edges": [50.0, 70.5, 90.0], "values": [40, 60, 80, 100]},
     },
+    "parts": {
+        "max_rank": 4,
+        "size": 68,
+        "vocabulary": [
+            {
+                "index": i,
+                "name": f"piano-{i + 1}",
+                "family": "piano",
+                "rank": i + 1,
+                "program": 0,
+                "notes": 100 - i,
+            }
+            for i in range(4)
+        ],
+    },
 }
 
 
@@ -38,12 +53,12 @@ def tiny(**kw: object) -> Train:
 
 def test_categorical_model_layers_and_shapes() -> None:
     model = M.build_model(tiny(layers=2), MANIFEST)
-    assert set(model.input) == {"pitch", "step", "duration", "velocity"}
+    assert set(model.input) == {"pitch", "step", "duration", "velocity", "part"}
     assert [layer.name for layer in model.layers if isinstance(layer, keras.layers.LSTM)] == [
         "lstm_0",
         "lstm_1",
     ]
-    for head in ("pitch", "step", "duration", "velocity"):
+    for head in ("pitch", "step", "duration", "velocity", "part"):
         assert isinstance(model.get_layer(head), keras.layers.Dense)
     out = model(M.example_inputs(3, 7))
     assert {k: tuple(v.shape) for k, v in out.items()} == {
@@ -51,6 +66,7 @@ def test_categorical_model_layers_and_shapes() -> None:
         "step": (3, 7, 5),
         "duration": (3, 7, 4),
         "velocity": (3, 7, 4),
+        "part": (3, 7, 68),
     }
     for layer in model.layers:
         if isinstance(layer, keras.layers.LSTM):
@@ -85,9 +101,10 @@ def test_binning_inside_the_model_equals_the_targets_binning() -> None:
 def test_split_window_targets_are_the_next_notes_binned() -> None:
     batch = window_batch()
     inputs, targets = M.split_window(batch, MANIFEST)
-    assert set(inputs) == {"pitch", "step", "duration", "velocity"}
+    assert set(inputs) == {"pitch", "step", "duration", "velocity", "part"}
     assert inputs["pitch"].shape == (4, 8)
     np.testing.assert_array_equal(targets["pitch"], batch["pitch"][:, 1:])
+    np.testing.assert_array_equal(targets["part"], batch["part"][:, 1:])
     edges = np.float32(MANIFEST["bins"]["duration"]["edges"])
     np.testing.assert_array_equal(
         targets["duration"], np.searchsorted(edges, batch["duration"][:, 1:], side="right")
@@ -98,6 +115,28 @@ def test_split_window_targets_are_the_next_notes_binned() -> None:
     for head in targets:
         np.testing.assert_array_equal(tf_targets[head].numpy(), targets[head])
     np.testing.assert_array_equal(tf_inputs["step"].numpy(), inputs["step"])
+
+
+def test_a_group_conditioned_model_sees_its_style_at_every_step() -> None:
+    manifest = {**MANIFEST, "groups": {
+        "bach": {"train": 9, "val": 1, "test": 1},
+        "palestrina": {"train": 8, "val": 1, "test": 1},
+        "trecento": {"train": 3, "val": 0, "test": 0},
+        "": {"train": 2, "val": 0, "test": 0},
+    }}  # fmt: skip
+    train = tiny(condition="group", min_group_files=8)
+    assert M.style_groups(train, manifest) == ["other", "bach", "palestrina"]
+    assert M.style_groups(tiny(), manifest) == []  # condition: none
+    model = M.build_model(train, manifest)
+    assert set(model.input) == {"pitch", "step", "duration", "velocity", "part", "style"}
+    batch = {**window_batch(), "style": np.array([0, 1, 2, 1], np.int32)}
+    inputs, _ = M.split_window(batch, manifest)
+    np.testing.assert_array_equal(inputs["style"], np.repeat(batch["style"][:, None], 8, axis=1))
+    # the style changes the prediction: the same notes in another style give other logits
+    other = {**inputs, "style": np.roll(inputs["style"], 1, axis=0)}
+    a = model(inputs)["pitch"].numpy()
+    b = model(other)["pitch"].numpy()
+    assert not np.allclose(a[1], b[1])
 
     _, last = M.split_window(batch, MANIFEST, "regression")
     assert last["pitch"].shape == (4,) and last["step"].shape == (4, 1)
@@ -141,7 +180,7 @@ def test_mse_with_positive_pressure_pushes_negative_predictions_up() -> None:
 
 
 def test_categorical_loss_uses_the_params_loss_weights() -> None:
-    weights = {"pitch": 1.0, "step": 0.5, "duration": 2.0, "velocity": 0.0}
+    weights = {"pitch": 1.0, "step": 0.5, "duration": 2.0, "velocity": 0.0, "part": 0.25}
     model = M.build_model(tiny(loss_weights=weights), MANIFEST)
     inputs, targets = M.split_window(window_batch(), MANIFEST)
     result = model.evaluate(inputs, targets, batch_size=4, verbose=0, return_dict=True)

@@ -20,6 +20,21 @@ MANIFEST: dict[str, Any] = {
         "duration": {"edges": [0.4, 0.75, 1.5, 3.0], "values": [0.25, 0.5, 1.0, 2.0, 4.0]},
         "velocity": {"edges": [50.0, 70.0, 90.0], "values": [40.0, 60.0, 80.0, 100.0]},
     },
+    "parts": {
+        "max_rank": 4,
+        "size": 68,
+        "vocabulary": [
+            {
+                "index": i,
+                "name": f"piano-{i + 1}",
+                "family": "piano",
+                "rank": i + 1,
+                "program": 0,
+                "notes": 100 - i,
+            }
+            for i in range(4)
+        ],
+    },
 }
 
 
@@ -57,6 +72,7 @@ def test_a_midi_primer_is_the_files_first_notes_and_tempo(tmp_path: Path) -> Non
         np.array([0.0, 0.5, 0.5, 1.0, 0.25, 0.25]),
         np.array([0.5, 0.5, 1.0, 0.25, 0.25, 2.0]),
         np.array([70, 80, 90, 100, 90, 80]),
+        np.zeros(6, np.int64),
     )
     path = tmp_path / "primer.mid"
     midi.to_midi(piece, MANIFEST, tempo_bpm=100.0, program=0).write(str(path))

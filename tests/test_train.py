@@ -54,20 +54,21 @@ def test_train_writes_the_model_history_and_metrics(trained: tuple[Path, dict, s
     model_dir = root / "data" / "model"
     for name in ("model.keras", "manifest.json", "history.csv", "run.json", "summary.txt"):
         assert (model_dir / name).is_file(), name
-    assert (model_dir / "manifest.json").read_bytes() == (
-        root / "data" / "shards" / "manifest.json"
-    ).read_bytes()
+    # the shards' manifest, and the model's style: none for an unconditioned model
+    model_manifest = json.loads((model_dir / "manifest.json").read_text())
+    assert model_manifest.pop("style") == {"condition": "none", "min_group_files": 8, "groups": []}
+    assert model_manifest == json.loads((root / "data" / "shards" / "manifest.json").read_text())
     history = read_history(root)
     assert list(history[0])[:3] == ["epoch", "loss", "val_loss"]
     assert [int(r["epoch"]) for r in history] == [1, 2, 3]
-    for head in ("pitch", "step", "duration", "velocity"):
+    for head in ("pitch", "step", "duration", "velocity", "part"):
         assert {f"{head}_loss", f"val_{head}_loss", f"val_{head}_accuracy"} <= set(history[0])
     saved = json.loads((root / "data" / "metrics" / "train.json").read_text())
     assert saved == json.loads(json.dumps(metrics))
     assert saved["epochs"] == 3 and saved["device"].startswith("CPU")
     assert saved["final"]["val_loss"] == pytest.approx(float(history[-1]["val_loss"]))
     assert set(saved["best"]) == {"val_loss", "val_monitor"} | {
-        f"val_{h}_loss" for h in ("pitch", "step", "duration", "velocity")
+        f"val_{h}_loss" for h in ("pitch", "step", "duration", "velocity", "part")
     }
     # the pitch loss alone chose the best epoch, and Keras' val_loss is the loss weights' sum
     assert saved["monitor"] == "val_pitch_loss"
