@@ -178,10 +178,12 @@ def piece_styles(g: Generate, manifest: dict[str, Any], primers: Primers) -> lis
                 f"generate.group: unknown group {g.group!r}; the model knows {', '.join(styles)}"
             )
         return [g.group] * len(primers.described)
+    # in turn: the styles the model learned from files (`other` may have none)
+    learned = [g["name"] for g in manifest["style"]["groups"] if g["train_files"] > 0] or styles
     return [
         (d["group"] if d["group"] in styles else OTHER_STYLE)
         if "group" in d
-        else styles[i % len(styles)]
+        else learned[i % len(learned)]
         for i, d in enumerate(primers.described)
     ]
 

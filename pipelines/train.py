@@ -433,7 +433,7 @@ def register(cfg: Config, model_dir: Path, run_id: str) -> dict[str, Any]:
         "run_id": run_id,
         "source": str(manifest.get("source", "")),
         "splits_sha256": str(manifest.get("splits_sha256", "")),
-        "manifest_sha256": storage.file_digest(model_dir / MANIFEST_FILE, "sha256"),
+        "manifest_sha256": storage.file_digest(cfg.paths.shards_manifest, "sha256"),
         "heads": cfg.train.heads,
     }
     version = registry.register_candidate(model_dir, name, tags)

@@ -214,7 +214,7 @@ def test_not_a_cron_names_the_key() -> None:
 
 def test_monitor_defaults_to_the_pitch_loss_and_takes_weights_per_head() -> None:
     assert config.load(REPO).train.monitor == {"pitch": 1.0}
-    weights = "{pitch: 1, step: 1, duration: 1, velocity: 0.5}"
+    weights = "{pitch: 1, step: 1, duration: 1, velocity: 0.5, part: 1}"
     cfg = config.load(REPO, [f"train.monitor={weights}"])
     assert cfg.train.monitor == cfg.train.loss_weights  # Keras' val_loss, as it was
     assert config.load(REPO, ["train.monitor={pitch: 1, velocity: 0}"]).train.monitor == {

@@ -271,7 +271,7 @@ def test_eval_json_headline_and_detail(evaluated: tuple[Path, dict]) -> None:
     assert data["splits_sha256"] == manifest["splits_sha256"]
     # Every head of the model was scored on every position of every test window.
     heads = data["model"]["heads"]
-    assert set(heads) == {"pitch", "step", "duration", "velocity"}
+    assert set(heads) == {"pitch", "step", "duration", "velocity", "part"}
     assert heads["pitch"]["count"] == data["test_windows"] * manifest["seq_length"]
     assert data["baselines"]["pitch"]["bigram"]["count"] == heads["pitch"]["count"]
     # The full-context score and its bigram are on one target per window: its last note.

@@ -350,7 +350,8 @@ def _made_up_history() -> list[dict[str, float]]:
     for epoch, (p, d) in enumerate(zip(pitch, duration, strict=True), start=1):
         heads = {"val_pitch_loss": p, "val_step_loss": 1.0, "val_duration_loss": d}
         heads["val_velocity_loss"] = 0.2
-        val_loss = p + 1.0 + d + 0.5 * 0.2  # Keras' sum under the default loss weights
+        heads["val_part_loss"] = 0.1
+        val_loss = p + 1.0 + d + 0.5 * 0.2 + 0.1  # Keras' sum under the default loss weights
         rows.append({"epoch": float(epoch), "val_loss": val_loss, **heads})
     return rows
 
