@@ -19,9 +19,10 @@ import numpy as np
 
 from pipelines import registry, storage, tracking
 from pipelines.config import Config, Generate
-from pipelines.errors import LakhflowError, ParamsError
+from pipelines.errors import LakhflowError
 from pipelines.generator import NoteSampler, Sampling, load_keras
-from pipelines.midi import FEATURES, Notes, seconds_per_unit, tempo_of, to_midi
+from pipelines.instruments import DRUMS, PART_CLASSES, part_name, part_programs, program_number
+from pipelines.midi import FEATURES, Notes, PartTrack, seconds_per_unit, tempo_of, to_midi
 from pipelines.primers import (
     PRIMER_CANDIDATES,
     Primers,
@@ -240,6 +241,40 @@ def write_wav(midi: Any, path: Path, renderer: Renderer) -> None:
         out.writeframes((audio * 32767).astype("<i2").tobytes())
 
 
+# --------------------------------------------------------------------------- instruments
+
+
+def part_tracks(manifest: dict[str, Any], g: Generate) -> dict[int, PartTrack]:
+    """The track every part of the model's vocabulary is written to: its name ("piano-1"), the
+    program `generate.program` and `generate.programs` give it (instruments.part_programs),
+    and drums as drums. Empty for a model from before parts."""
+    parts = manifest.get("parts")
+    if not parts:
+        return {}
+    max_rank = int(parts["max_rank"])
+    return {
+        index: PartTrack(
+            name=part_name(index, max_rank),
+            program=program,
+            is_drum=PART_CLASSES[index // max_rank] == DRUMS,
+        )
+        for index, program in part_programs(manifest, g.program, g.programs).items()
+    }
+
+
+def one_track_program(manifest: dict[str, Any], tracks: dict[int, PartTrack], g: Generate) -> int:
+    """The program of a piece written on one track: that of the pitched part with the most
+    training notes (a chorale's piano-1: program 0 unless re-voiced), else generate.program,
+    else 0 (acoustic grand piano)."""
+    pitched = [
+        v for v in manifest.get("parts", {}).get("vocabulary", []) if not tracks[v["index"]].is_drum
+    ]
+    if pitched:
+        lead = max(pitched, key=lambda v: (v["notes"], -v["index"]))
+        return tracks[lead["index"]].program
+    return 0 if g.program is None else program_number(g.program)
+
+
 # --------------------------------------------------------------------------- the stage
 
 
@@ -284,14 +319,9 @@ def log_to_run(cfg: Config, run_id: str | None, folder: Path) -> bool:
 
 def run(cfg: Config, *, renderer: Renderer | None = None) -> dict[str, Any]:
     """The stage. `renderer` picks the WAV renderer; None: the best that loads here."""
-    from pipelines.instruments import program_number
     from pipelines.plots import piano_roll
 
-    g = cfg.generate
-    try:
-        program = program_number(g.program)
-    except ParamsError as exc:
-        raise ParamsError(f"generate.program: {exc}") from None
+    g = cfg.generate  # generate.program and the programs' names are checked by config
     sampling = sampling_of(g)
     dest = output_dir(cfg)
     declared = dest == cfg.paths.generated
@@ -300,6 +330,9 @@ def run(cfg: Config, *, renderer: Renderer | None = None) -> dict[str, Any]:
     source = load_source(cfg)
     sampler = source.sampler or NoteSampler(source.model, source.manifest)
     manifest = source.manifest
+    tracks = part_tracks(manifest, g)  # a part named past the model's ranks is refused here
+    # Pieces are one track until the sampler writes parts.
+    program = one_track_program(manifest, tracks, g)
     rng = np.random.default_rng(g.seed)
     primers = make_primers(cfg, manifest, g.count, rng)
     tempo = g.tempo_bpm or primers.tempo_bpm or tempo_of(manifest)
@@ -366,6 +399,10 @@ def run(cfg: Config, *, renderer: Renderer | None = None) -> dict[str, Any]:
                 "params": g.model_dump(mode="json"),
                 "seed": g.seed,
                 "program": program,
+                "part_programs": {
+                    tracks[v["index"]].name: tracks[v["index"]].program
+                    for v in manifest.get("parts", {}).get("vocabulary", [])
+                },
                 "tempo_bpm": tempo,
                 "time_unit": manifest.get("time_unit", "beats"),
                 "pieces": described,
