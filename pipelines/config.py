@@ -306,7 +306,13 @@ class Generate(Section):
     # a style-conditioned model's group (composer, artist...); null: each piece its primer's
     # group (test-split primers), else the model's groups in turn
     group: str | None = None
-    program: int | str = "acoustic_grand_piano"
+    # None: each part plays the program most of its training notes had (the model's manifest);
+    # a General MIDI number or name (violin, 40, ...) puts every part on it
+    program: int | str | None = None
+    # part ("piano-4") or family ("piano", "strings", "drums") -> program: re-voices those parts
+    # over `program` (a part's own entry over its family's); {piano: string_ensemble_1} puts a
+    # chorale on strings
+    programs: dict[str, int | str] = Field(default_factory=dict, max_length=128)
     # the tempi MIDI files hold stay far below 1000 bpm (sequences' tempo histogram ends there)
     tempo_bpm: float | None = Field(None, gt=0, le=1000)
     name: str = Field("piece", pattern=r"^[A-Za-z0-9_.-]+$")
@@ -324,6 +330,38 @@ class Generate(Section):
             raise ValueError(f"temperature must be <= {TEMPERATURE_MAX:g}")
         if isinstance(v, dict) and not set(v) <= set(HEADS):
             raise ValueError(f"per-head temperature keys are {', '.join(HEADS)}")
+        return v
+
+    @field_validator("program")
+    @classmethod
+    def _program(cls, v: int | str | None) -> int | str | None:
+        from pipelines.instruments import program_number
+
+        if v is not None:
+            try:
+                program_number(v)
+            except ParamsError as exc:
+                raise ValueError(str(exc)) from None
+        return v
+
+    @field_validator("programs")
+    @classmethod
+    def _programs(cls, v: dict[str, int | str]) -> dict[str, int | str]:
+        from pipelines.instruments import part_key, program_number
+
+        named: dict[tuple[int, int | None], str] = {}
+        for key, value in v.items():
+            try:
+                part = part_key(key)
+            except ParamsError as exc:
+                raise ValueError(str(exc)) from None
+            try:
+                program_number(value)
+            except ParamsError as exc:
+                raise ValueError(f"{key}: {exc}") from None
+            if part in named:  # "Piano" and "piano" read alike: which one wins is a guess
+                raise ValueError(f"{named[part]!r} and {key!r} name the same parts")
+            named[part] = key
         return v
 
 

@@ -21,7 +21,8 @@ from pipelines import registry, storage, tracking
 from pipelines.config import Config, Generate
 from pipelines.errors import LakhflowError, ParamsError
 from pipelines.generator import NoteSampler, Sampling, load_keras, style_names
-from pipelines.midi import FEATURES, Notes, seconds_per_unit, tempo_of, to_midi
+from pipelines.instruments import DRUMS, PART_CLASSES, part_name, part_programs
+from pipelines.midi import FEATURES, Notes, PartTrack, parts_to_midi, seconds_per_unit, tempo_of
 from pipelines.primers import (
     PRIMER_CANDIDATES,
     Primers,
@@ -284,6 +285,29 @@ def write_wav(midi: Any, path: Path, renderer: Renderer) -> None:
         out.writeframes((audio * 32767).astype("<i2").tobytes())
 
 
+# --------------------------------------------------------------------------- instruments
+
+
+def part_tracks(manifest: dict[str, Any], g: Generate) -> dict[int, PartTrack]:
+    """The track every part of the model's vocabulary is written to: its name ("piano-1"), the
+    program `generate.program` and `generate.programs` give it (instruments.part_programs),
+    and drums as drums."""
+    parts = manifest.get("parts")
+    if not parts:
+        raise LakhflowError(
+            "the model's manifest has no parts (a model from before parts); train it again"
+        )
+    max_rank = int(parts["max_rank"])
+    return {
+        index: PartTrack(
+            name=part_name(index, max_rank),
+            program=program,
+            is_drum=PART_CLASSES[index // max_rank] == DRUMS,
+        )
+        for index, program in part_programs(manifest, g.program, g.programs).items()
+    }
+
+
 # --------------------------------------------------------------------------- the stage
 
 
@@ -328,14 +352,9 @@ def log_to_run(cfg: Config, run_id: str | None, folder: Path) -> bool:
 
 def run(cfg: Config, *, renderer: Renderer | None = None) -> dict[str, Any]:
     """The stage. `renderer` picks the WAV renderer; None: the best that loads here."""
-    from pipelines.instruments import program_number
     from pipelines.plots import piano_roll
 
-    g = cfg.generate
-    try:
-        program = program_number(g.program)
-    except ParamsError as exc:
-        raise ParamsError(f"generate.program: {exc}") from None
+    g = cfg.generate  # generate.program and the programs' names are checked by config
     sampling = sampling_of(g)
     dest = output_dir(cfg)
     declared = dest == cfg.paths.generated
@@ -344,6 +363,7 @@ def run(cfg: Config, *, renderer: Renderer | None = None) -> dict[str, Any]:
     source = load_source(cfg)
     sampler = source.sampler or NoteSampler(source.model, source.manifest)
     manifest = source.manifest
+    tracks = part_tracks(manifest, g)  # a part named past the model's ranks is refused here
     rng = np.random.default_rng(g.seed)
     primers = make_primers(cfg, manifest, g.count, rng)
     styles = piece_styles(g, manifest, primers)
@@ -372,10 +392,10 @@ def run(cfg: Config, *, renderer: Renderer | None = None) -> dict[str, Any]:
     with storage.atomic_dir(dest, "generate", declared=declared) as tmp:
         for i, piece in enumerate(pieces):
             stem = f"{g.name}-{i:03d}"
-            midi = to_midi(piece, manifest, tempo, program)
-            midi.write(str(tmp / f"{stem}.mid"))
             start = piece.starts() * scale
             end = start + piece.duration * scale
+            midi = parts_to_midi(piece.pitch, start, end, piece.velocity, piece.part, tracks, tempo)
+            midi.write(str(tmp / f"{stem}.mid"))
             piano_roll(
                 piece.pitch,
                 start,
@@ -384,6 +404,8 @@ def run(cfg: Config, *, renderer: Renderer | None = None) -> dict[str, Any]:
                 f"{stem}: {primed} primer notes + {len(piece) - primed} generated",
                 velocity=piece.velocity,
                 primer_end=float(start[primed]) if 0 < primed < len(piece) else None,
+                part=piece.part,
+                part_names={p: tracks[p].name for p in np.unique(piece.part).tolist()},
             )
             if wav:
                 write_wav(midi, tmp / f"{stem}.wav", wav)
@@ -399,6 +421,7 @@ def run(cfg: Config, *, renderer: Renderer | None = None) -> dict[str, Any]:
                     "seed": g.seed,
                     "index_in_batch": i,
                     "style": styles[i] if styles else None,
+                    "parts": [tracks[p].name for p in np.unique(piece.part).tolist()],
                     "primer": {**primers.described[i], "pitch": piece.pitch[:primed].tolist()},
                 }
             )
@@ -413,7 +436,10 @@ def run(cfg: Config, *, renderer: Renderer | None = None) -> dict[str, Any]:
                 },
                 "params": g.model_dump(mode="json"),
                 "seed": g.seed,
-                "program": program,
+                "part_programs": {
+                    tracks[v["index"]].name: tracks[v["index"]].program
+                    for v in manifest.get("parts", {}).get("vocabulary", [])
+                },
                 "tempo_bpm": tempo,
                 "time_unit": manifest.get("time_unit", "beats"),
                 "pieces": described,

@@ -1,12 +1,17 @@
-"""General MIDI program selection: numbers, "a-b" ranges, family names and instrument names.
+"""General MIDI program selection: numbers, "a-b" ranges, family names and instrument names;
+and the program each part of a model plays.
 
 `select_programs(["piano", "40-47", 73])` gives the set of programs a params list names;
-`program_number("acoustic_grand_piano")` gives one program. Unknown names raise `ParamsError`.
+`program_number("acoustic_grand_piano")` gives one program; `part_programs(manifest, program,
+programs)` gives the program of every part of a model's vocabulary, from `generate.program` and
+`generate.programs`. Unknown names raise `ParamsError`.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
+from typing import Any
 
 from pipelines.errors import ParamsError
 
@@ -117,3 +122,80 @@ def select_programs(items: list[int | str]) -> frozenset[int] | None:
 def describe(program: int) -> str:
     """ "0 (Acoustic Grand Piano)", for logs and reports."""
     return f"{program} ({GM_PROGRAMS[program]})"
+
+
+# --------------------------------------------------------------------------- parts
+
+# A part is (class, rank): the class is a GM family or drums, the rank 1 the highest voice of
+# that class in its file (the sequences stage's vocabulary; its index is class * max_rank +
+# rank - 1 and its name "piano-1").
+DRUMS = "drums"
+PART_CLASSES: tuple[str, ...] = (*FAMILIES, DRUMS)
+_PART_NAME = re.compile(r"^(.*\D)-(\d+)$")
+
+
+def part_name(index: int, max_rank: int) -> str:
+    """ "piano-1": the class, and the rank (1: the highest voice of that class in its file)."""
+    return f"{PART_CLASSES[index // max_rank]}-{index % max_rank + 1}"
+
+
+def part_key(key: str) -> tuple[int, int | None]:
+    """(class, rank) that a `generate.programs` key names: a family or drums ("piano",
+    rank None: every rank) or one part ("piano-4")."""
+    text = str(key).strip()
+    match = _PART_NAME.match(text)
+    family, rank = (match.group(1), int(match.group(2))) if match else (text, None)
+    klass = normalise(family)
+    if klass not in PART_CLASSES or rank == 0:
+        raise ParamsError(
+            f"{key!r} is neither a family ({', '.join(PART_CLASSES)}) nor a part such as "
+            "piano-4 (a family and a rank from 1)"
+        )
+    return PART_CLASSES.index(klass), rank
+
+
+def part_programs(
+    manifest: Mapping[str, Any],
+    program: int | str | None,
+    programs: Mapping[str, int | str],
+) -> dict[int, int]:
+    """The General MIDI program of every part index 0..size-1 of the model's manifest
+    (`manifest["parts"]`; none without it: a model from before parts).
+
+    Precedence: `programs[part name]` > `programs[family]` > `program` (every part) > the
+    program most of the part's training notes had > the family's first program (drums: 0).
+    Drum parts are written as drum tracks whatever their program, which picks only the kit.
+    """
+    parts = manifest.get("parts")
+    if not parts:
+        return {}
+    max_rank, size = int(parts["max_rank"]), int(parts["size"])
+    trained = {int(v["index"]): int(v["program"]) for v in parts.get("vocabulary", [])}
+    try:
+        every = None if program is None else program_number(program)
+    except ParamsError as exc:
+        raise ParamsError(f"generate.program: {exc}") from None
+    by_family: dict[int, int] = {}
+    by_part: dict[int, int] = {}
+    for key, value in programs.items():
+        try:
+            klass, rank = part_key(key)
+            number = program_number(value)
+        except ParamsError as exc:
+            raise ParamsError(f"generate.programs: {exc}") from None
+        if rank is None:
+            by_family[klass] = number
+        elif rank > max_rank:
+            raise ParamsError(
+                f"generate.programs: {key!r} names rank {rank}, but the model's parts have "
+                f"ranks 1-{max_rank} (sequences.max_part_rank)"
+            )
+        else:
+            by_part[klass * max_rank + rank - 1] = number
+    resolved: dict[int, int] = {}
+    for index in range(size):
+        klass = index // max_rank
+        first = 0 if PART_CLASSES[klass] == DRUMS else 8 * klass
+        fallback = trained.get(index, first) if every is None else every
+        resolved[index] = by_part.get(index, by_family.get(klass, fallback))
+    return resolved

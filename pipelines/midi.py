@@ -1,6 +1,7 @@
 """MIDI bytes -> note arrays, with symusic (fast, default) or pretty_midi, under one pairing policy;
-and the model's `Notes` (pitch, step, duration, velocity) written as a MIDI file (`to_midi`), and
-a written file's notes read back (`read_midi_notes`).
+and the model's `Notes` (pitch, step, duration, velocity) written as a MIDI file (`to_midi`; a
+piece in parts, one track per part: `parts_to_midi`), and a written file's notes read back
+(`read_midi_notes`).
 
 Both parsers give tick-level notes grouped into tracks; `assemble_notes` turns them into the note
 table's columns (seconds from the tempo map, beats = ticks / ticks_per_beat) the same way.
@@ -423,25 +424,70 @@ def seconds_per_unit(manifest: Mapping[str, Any], tempo_bpm: float) -> float:
 # --------------------------------------------------------------------------- MIDI files
 
 
-def to_midi(piece: Notes, manifest: Mapping[str, Any], tempo_bpm: float, program: int) -> Any:
-    """A pretty_midi.PrettyMIDI of one piece; beats are written at `tempo_bpm`."""
+@dataclass(frozen=True)
+class PartTrack:
+    """How one part is written: its track's name ("piano-1"), program, and whether it is drums."""
+
+    name: str
+    program: int
+    is_drum: bool = False
+
+
+def parts_to_midi(
+    pitch: np.ndarray,
+    start_s: np.ndarray,
+    end_s: np.ndarray,
+    velocity: np.ndarray,
+    part: np.ndarray,
+    tracks: Mapping[int, PartTrack],
+    tempo_bpm: float,
+) -> Any:
+    """A pretty_midi.PrettyMIDI of one piece in parts: one instrument per part present, in
+    part-index order, named and voiced by `tracks[part]`; times in seconds at `tempo_bpm`."""
     import pretty_midi
 
-    scale = seconds_per_unit(manifest, tempo_bpm)
+    part = np.asarray(part, dtype=np.int64)
+    missing = sorted(set(np.unique(part).tolist()) - set(tracks))
+    if missing:
+        raise ValueError(f"parts {missing} have no track")
     midi = pretty_midi.PrettyMIDI(initial_tempo=tempo_bpm)
-    instrument = pretty_midi.Instrument(program=program)
-    starts = piece.starts() * scale
+    starts = np.asarray(start_s, dtype=np.float64)
     # A note needs some length to exist in a MIDI file: at least one tick.
     min_length = 60.0 / (tempo_bpm * midi.resolution)
-    ends = starts + np.maximum(np.asarray(piece.duration, np.float64) * scale, min_length)
-    for pitch, velocity, start, end in zip(piece.pitch, piece.velocity, starts, ends, strict=True):
-        instrument.notes.append(
-            pretty_midi.Note(
-                velocity=int(velocity), pitch=int(pitch), start=float(start), end=float(end)
-            )
+    ends = np.maximum(np.asarray(end_s, dtype=np.float64), starts + min_length)
+    for index in np.unique(part).tolist():
+        track = tracks[index]
+        instrument = pretty_midi.Instrument(
+            program=track.program, is_drum=track.is_drum, name=track.name
         )
-    midi.instruments.append(instrument)
+        rows = np.flatnonzero(part == index)  # the piece's own order within the part
+        instrument.notes = [
+            pretty_midi.Note(
+                velocity=int(velocity[i]),
+                pitch=int(pitch[i]),
+                start=float(starts[i]),
+                end=float(ends[i]),
+            )
+            for i in rows.tolist()
+        ]
+        midi.instruments.append(instrument)
     return midi
+
+
+def to_midi(piece: Notes, manifest: Mapping[str, Any], tempo_bpm: float, program: int) -> Any:
+    """A pretty_midi.PrettyMIDI of one piece on one track; beats are written at `tempo_bpm`."""
+    scale = seconds_per_unit(manifest, tempo_bpm)
+    starts = piece.starts() * scale
+    ends = starts + np.asarray(piece.duration, np.float64) * scale
+    return parts_to_midi(
+        piece.pitch,
+        starts,
+        ends,
+        piece.velocity,
+        np.zeros(len(piece), dtype=np.int64),
+        {0: PartTrack(name="", program=program)},
+        tempo_bpm,
+    )
 
 
 def read_midi_notes(path: Path, time_unit: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -43,6 +43,39 @@ def test_bad_override_names_the_key(override: str, needle: str) -> None:
     assert "\n" not in message
 
 
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("generate.programs={lute: 24}",
+         "generate.programs: 'lute' is neither a family (piano, chromatic_percussion, organ, "),
+        ("generate.programs={piano-0: 24}", "generate.programs: 'piano-0' is neither a family"),
+        ("generate.programs={piano: kazoo}",
+         "generate.programs: piano: unknown General MIDI instrument 'kazoo'"),
+        ("generate.programs={piano-4: 128}", "generate.programs: piano-4: program 128 is outside"),
+        ("generate.programs={Piano: 40, piano: 41}",
+         "generate.programs: 'Piano' and 'piano' name the same parts"),
+        ("generate.programs=[cello]", "generate.programs: Input should be a valid dictionary"),
+        ("generate.program=kazoo", "generate.program: unknown General MIDI instrument 'kazoo'"),
+    ],
+)  # fmt: skip
+def test_programs_name_families_or_parts_and_general_midi_programs(
+    override: str, message: str
+) -> None:
+    with pytest.raises(ParamsError) as info:
+        config.load(REPO, [override])
+    assert str(info.value).startswith(message) and "\n" not in str(info.value)
+
+
+def test_parts_play_their_own_programs_unless_re_voiced() -> None:
+    g = config.load(REPO).generate
+    assert g.program is None and g.programs == {}
+    by_name = "{piano: string_ensemble_1, piano-4: 42, Synth Lead-2: 81, drums: 0}"
+    g = config.load(REPO, [f"generate.programs={by_name}", "generate.program=violin"]).generate
+    assert g.programs == {"piano": "string_ensemble_1", "piano-4": 42, "Synth Lead-2": 81,
+                          "drums": 0}  # fmt: skip
+    assert g.program == "violin"
+
+
 def test_overrides_are_yaml_values() -> None:
     cfg = config.load(REPO, ["train.epochs=3", "sequences.programs=[0, piano, 40-47]"])
     assert cfg.train.epochs == 3

@@ -18,8 +18,9 @@ import pretty_midi
 import pytest
 from conftest import another_hash_seed, folder_digests, notes_project, run_cli
 
-from pipelines import cli, config, dataset, generate, sequences
+from pipelines import cli, config, dataset, generate, instruments, sequences
 from pipelines.config import Train
+from pipelines.midi import PartTrack, parts_to_midi
 from pipelines.model import build_model
 from pipelines.registry import log_generator
 
@@ -137,6 +138,66 @@ def test_tinysoundfont_sounds_the_notes_when_they_play_and_rings_out_a_second(
     assert loudness(3.5, 4.0) < 0.005  # the release has died away by the end
 
 
+def test_tinysoundfont_plays_each_part_of_a_piece_in_parts(tmp_path: Path) -> None:
+    """Four parts, each on its own channel with its own program (drums on channel 10), one
+    after another: each sounds when it plays, and the rests between them are silent."""
+    tracks = {
+        0: PartTrack("piano-1", 0),
+        3: PartTrack("piano-4", 42),  # cello
+        36: PartTrack("pipe-1", 73),  # flute
+        64: PartTrack("drums-1", 0, is_drum=True),
+    }
+    part = np.array([0, 3, 36, 64])
+    start = np.array([0.0, 2.5, 5.0, 7.5])
+    midi = parts_to_midi(np.array([72, 48, 79, 38]), start, start + 0.5,
+                         np.full(4, 100), part, tracks, tempo_bpm=120.0)  # fmt: skip
+    assert [(i.program, i.is_drum) for i in midi.instruments] == [
+        (0, False), (42, False), (73, False), (0, True)
+    ]  # fmt: skip
+    generate.write_wav(midi, tmp_path / "parts.wav", "tinysoundfont")
+    samples, rate = wav_samples(tmp_path / "parts.wav")
+    assert len(samples) / rate == pytest.approx(8.0 + generate.RELEASE_S, abs=2 / rate)
+
+    def loudness(start: float, end: float) -> float:
+        return rms(samples[int(start * rate) : int(end * rate)])
+
+    for onset in start.tolist():
+        assert loudness(onset, onset + 0.5) > 0.02, onset  # each part sounds
+    for rest in (1.7, 4.2, 6.7):
+        assert loudness(rest, rest + 0.8) < 0.005, rest  # and has died away before the next
+
+
+def test_parts_play_their_training_program_or_the_one_their_family_is_given(
+    project: Path, tmp_path: Path
+) -> None:
+    """A piece is one MIDI track per part it plays, named by the part, on the part's training
+    program, which generate.programs re-voices by family or by name."""
+    parts = dataset.read_manifest(project / "data" / "shards")["parts"]
+    lead = max(parts["vocabulary"], key=lambda v: (v["notes"], -v["index"]))
+    assert lead["family"] == "piano"  # the chorales' voices
+    cases = {
+        "default": (["generate.program=null"], lead["program"]),
+        "family": (["generate.program=null", "generate.programs={piano: string_ensemble_1}"], 48),
+        "part": (["generate.program=flute", f"generate.programs={{{lead['name']}: cello}}"], 42),
+        "program": (["generate.program=flute", "generate.programs={strings: cello}"], 73),
+    }
+    for case, (overrides, program) in cases.items():
+        out = tmp_path / case
+        run_stage(project, out, "generate.count=2", "generate.wav=false", *overrides)
+        manifest = json.loads((out / "manifest.json").read_text())
+        programs = manifest["part_programs"]
+        assert set(programs) == {v["name"] for v in parts["vocabulary"]}
+        assert programs[lead["name"]] == program, case
+        for midi, piece in zip(pieces(out), manifest["pieces"], strict=True):
+            names = [track.name for track in midi.instruments]
+            assert names == piece["parts"] and len(names) == len(set(names)) >= 1
+            for track in midi.instruments:
+                family, rank = track.name.rsplit("-", 1)
+                assert family in instruments.PART_CLASSES and int(rank) >= 1
+                if track.name in programs:
+                    assert track.program == programs[track.name], (case, track.name)
+
+
 def test_the_stage_renders_wavs_with_tinysoundfont_where_asked(
     project: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -240,6 +301,12 @@ def test_a_registered_model_generates_and_gets_the_files(
         ("generate.temperature=0", 2, "temperature must be > 0"),
         ("generate.top_p=1.5", 2, "top_p"),
         ("generate.program=kazoo_supreme", 2, "unknown General MIDI instrument 'kazoo_supreme'"),
+        ("generate.programs={lute: 24}", 2, "generate.programs: 'lute' is neither a family"),
+        (
+            "generate.programs={piano-9: cello}",
+            2,
+            "generate.programs: 'piano-9' names rank 9, but the model's parts have ranks 1-4",
+        ),
         ("generate.primer_midi=notes.txt", 1, "notes.txt is not a MIDI file"),
         ("generate.primer_midi=primers", 1, "primers is a folder, not a MIDI file"),
         ("generate.model_uri=models:/lakhflow-lstm@champion", 1, "does not exist"),

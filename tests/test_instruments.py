@@ -149,3 +149,111 @@ def test_select_programs_names_the_bad_item(items: list[int | str], named: str) 
     with pytest.raises(ParamsError, match=rf"^[^']*{re.escape(named)}") as refused:
         select_programs(items)
     assert refused.value.exit_code == 2
+
+
+# --------------------------------------------------------------------------- parts
+
+
+def test_part_classes_and_names_are_the_sequences_stages() -> None:
+    from pipelines import sequences
+
+    assert instruments.PART_CLASSES == sequences.PART_CLASSES
+    assert [instruments.part_name(i, 4) for i in range(68)] == [
+        sequences.part_name(i, 4) for i in range(68)
+    ]
+    assert instruments.part_name(3, 4) == "piano-4" and instruments.part_name(64, 4) == "drums-1"
+
+
+@pytest.mark.parametrize(
+    ("key", "part"),
+    [
+        ("piano", (0, None)),
+        ("piano-4", (0, 4)),
+        ("Strings-2", (5, 2)),
+        ("chromatic-percussion", (1, None)),
+        ("chromatic_percussion-3", (1, 3)),
+        ("Synth Lead-1", (10, 1)),
+        ("drums", (16, None)),
+        ("drums-1", (16, 1)),
+        ("piano-12", (0, 12)),  # well formed; whether the model has rank 12 is part_programs'
+    ],
+)
+def test_part_key(key: str, part: tuple[int, int | None]) -> None:
+    assert instruments.part_key(key) == part
+
+
+@pytest.mark.parametrize("key", ["piano-0", "kazoo", "kazoo-1", "piano-x", "", "4", "-1", "violin"])
+def test_part_key_refuses_what_is_neither_a_family_nor_a_part(key: str) -> None:
+    with pytest.raises(ParamsError) as refused:
+        instruments.part_key(key)
+    message = str(refused.value)
+    assert message.startswith(f"{key!r} is neither a family (piano, chromatic_percussion, ")
+    assert "drums) nor a part such as piano-4" in message and "\n" not in message
+
+
+# A chorale's four voices on piano, a cello that was strings-1, and a drum kit.
+CHORALE_MANIFEST = {
+    "parts": {
+        "max_rank": 4,
+        "size": 68,
+        "vocabulary": [
+            *({"index": i, "name": f"piano-{i + 1}", "family": "piano", "rank": i + 1,
+               "program": 0, "notes": 100 - i} for i in range(4)),
+            {"index": 20, "name": "strings-1", "family": "strings", "rank": 1, "program": 42,
+             "notes": 50},
+            {"index": 64, "name": "drums-1", "family": "drums", "rank": 1, "program": 0,
+             "notes": 10},
+        ],
+    }
+}  # fmt: skip
+
+
+def test_each_part_plays_its_training_program_and_an_unseen_part_its_familys_first() -> None:
+    programs = instruments.part_programs(CHORALE_MANIFEST, None, {})
+    assert sorted(programs) == list(range(68))
+    assert [programs[i] for i in (0, 1, 2, 3, 20, 64)] == [0, 0, 0, 0, 42, 0]
+    # unseen: chromatic_percussion-1 -> 8 (Celesta), strings-2 -> 40 (Violin), drums-4 -> 0
+    assert (programs[4], programs[21], programs[67]) == (8, 40, 0)
+    assert all(programs[i] == 8 * (i // 4) for i in range(64) if i not in (0, 1, 2, 3, 20))
+
+
+@pytest.mark.parametrize(
+    ("program", "by_name", "expected"),
+    [
+        # generate.program puts every part on it
+        ("violin", {}, {0: 40, 3: 40, 20: 40, 64: 40, 30: 40}),
+        # a family re-voices all its parts, over what they trained on
+        (None, {"piano": "string_ensemble_1"}, {0: 48, 1: 48, 3: 48, 20: 42, 64: 0, 6: 8}),
+        # a part's own entry over its family's, which is over generate.program
+        ("flute", {"piano": 48, "piano-4": "cello"}, {0: 48, 2: 48, 3: 42, 20: 73, 64: 73}),
+        (None, {"Piano-4": 42, "strings": "73", "drums": 25}, {3: 42, 0: 0, 20: 73, 64: 25}),
+    ],
+)
+def test_programs_by_part_beat_family_beat_program_beat_the_manifest(
+    program: str | None, by_name: dict[str, int | str], expected: dict[int, int]
+) -> None:
+    programs = instruments.part_programs(CHORALE_MANIFEST, program, by_name)
+    assert {i: programs[i] for i in expected} == expected
+
+
+def test_a_model_without_parts_has_no_part_programs() -> None:
+    assert instruments.part_programs({"time_unit": "beats"}, "violin", {"piano": 48}) == {}
+
+
+@pytest.mark.parametrize(
+    ("program", "by_name", "message"),
+    [
+        (None, {"piano-5": 42},
+         "generate.programs: 'piano-5' names rank 5, but the model's parts have ranks 1-4 "
+         "(sequences.max_part_rank)"),
+        (None, {"piano": "kazoo"}, "generate.programs: unknown General MIDI instrument 'kazoo'"),
+        (None, {"lute": 24}, "generate.programs: 'lute' is neither a family (piano, "),
+        ("kazoo", {}, "generate.program: unknown General MIDI instrument 'kazoo'"),
+    ],
+)  # fmt: skip
+def test_part_programs_refuse_with_one_line(
+    program: str | None, by_name: dict[str, int | str], message: str
+) -> None:
+    with pytest.raises(ParamsError) as refused:
+        instruments.part_programs(CHORALE_MANIFEST, program, by_name)
+    assert str(refused.value).startswith(message) and "\n" not in str(refused.value)

@@ -212,3 +212,58 @@ def test_a_generated_file_that_does_not_read_is_one_line(tmp_path: Path) -> None
     with pytest.raises(LakhflowError, match=r"broken\.mid is not a readable MIDI file") as e:
         midi.read_midi_notes(path, "beats")
     assert "\n" not in str(e.value)
+
+
+# A chorale's soprano and bass on piano and cello, strings above them, and a drum kit: given in
+# time order, as a sampler writes them, with the parts interleaved.
+PARTS = {
+    0: midi.PartTrack("piano-1", 0),
+    3: midi.PartTrack("piano-4", 42),
+    20: midi.PartTrack("strings-1", 48),
+    64: midi.PartTrack("drums-1", 0, is_drum=True),
+}
+
+
+def test_a_piece_in_parts_is_one_track_per_part_in_part_order(tmp_path: Path) -> None:
+    import pretty_midi
+
+    part = np.array([64, 3, 0, 20, 0, 3, 64])
+    pitch = np.array([36, 48, 72, 84, 74, 50, 38])
+    start = np.array([0.0, 0.0, 0.0, 0.5, 0.5, 1.0, 1.0])
+    end = np.array([0.25, 1.0, 0.5, 1.5, 1.0, 2.0, 1.0])  # the last: a zero-length drum hit
+    velocity = np.array([100, 60, 90, 70, 80, 65, 110])
+    path = tmp_path / "parts.mid"
+    written = midi.parts_to_midi(pitch, start, end, velocity, part, PARTS, tempo_bpm=120.0)
+    written.write(str(path))
+
+    back = pretty_midi.PrettyMIDI(str(path))
+    assert [(i.name, i.program, i.is_drum) for i in back.instruments] == [
+        ("piano-1", 0, False), ("piano-4", 42, False), ("strings-1", 48, False),
+        ("drums-1", 0, True),
+    ]  # fmt: skip
+    tick = 60.0 / (120.0 * back.resolution)
+    for instrument, index in zip(back.instruments, sorted(PARTS), strict=True):
+        rows = np.flatnonzero(part == index)
+        notes = [(n.pitch, n.velocity, n.start, n.end) for n in instrument.notes]
+        want = [(pitch[i], velocity[i], start[i], max(end[i], start[i] + tick)) for i in rows]
+        assert [n[:2] for n in notes] == [w[:2] for w in want], instrument.name
+        assert np.allclose([n[2:] for n in notes], [w[2:] for w in want], atol=1e-6)
+    assert back.instruments[3].notes[1].end - back.instruments[3].notes[1].start == (
+        pytest.approx(tick)  # at least one tick long, as in to_midi
+    )
+
+
+def test_a_part_without_a_track_is_refused() -> None:
+    one = np.ones(1)
+    with pytest.raises(ValueError, match=r"parts \[7\] have no track"):
+        midi.parts_to_midi(one * 60, one * 0, one, one * 90, np.array([7]), PARTS, 120.0)
+
+
+def test_to_midi_is_still_one_unnamed_track_on_the_program_given() -> None:
+    piece = midi.Notes(np.array([60, 64]), np.array([0.0, 1.0]), np.array([1.0, 0.0]),
+                       np.array([90, 80]))  # fmt: skip
+    written = midi.to_midi(piece, {"time_unit": "beats"}, tempo_bpm=60.0, program=40)
+    (track,) = written.instruments
+    assert (track.name, track.program, track.is_drum) == ("", 40, False)
+    assert [(n.pitch, n.start) for n in track.notes] == [(60, 0.0), (64, 1.0)]
+    assert track.notes[1].end - track.notes[1].start == pytest.approx(1 / written.resolution)

@@ -153,3 +153,47 @@ def test_bar_counts_grows_with_the_bars_up_to_top(tmp_path: Path, n: int, height
     bars = runs((image == BAR).all(axis=2).sum(axis=1))
     assert len(bars) == min(n, 20)
     assert [length for length, _ in bars] == sorted(length for length, _ in bars)[::-1]
+
+
+def near(image: np.ndarray, colour: tuple[int, ...], tolerance: int = 2) -> np.ndarray:
+    """The mask of pixels within `tolerance` of `colour` in every channel (blending rounds)."""
+    return (np.abs(image - np.array(colour)) <= tolerance).all(axis=2)
+
+
+def tab10(i: int, alpha: float = 1.0) -> tuple[int, ...]:
+    """tab10's colour i as 8-bit RGB, drawn at `alpha` over white."""
+    rgb = matplotlib.colormaps["tab10"](i)[:3]
+    return tuple(round(255 * (alpha * c + 1 - alpha)) for c in rgb)
+
+
+def test_piano_roll_in_parts_gives_each_part_its_colour_and_a_legend(tmp_path: Path) -> None:
+    """The low note is part 20, the high one part 3: colours go by sorted part (3 first)."""
+    image = roll(tmp_path, part=np.array([20, 3]), part_names={3: "piano-4", 20: "strings-1"})
+    assert image.shape == (440, 1100, 3)
+    even = 0.25 + 0.75 * 0.8  # no velocity: every bar equally opaque
+    low, high = near(image, tab10(1, even)), near(image, tab10(0, even))
+    assert low.sum() > 500 and high.sum() > 500
+    low_x, low_y = np.nonzero(low.any(axis=0))[0], np.nonzero(low.any(axis=1))[0]
+    high_x, high_y = np.nonzero(high.any(axis=0))[0], np.nonzero(high.any(axis=1))[0]
+    assert low_x[-1] < high_x[0] and low_y[0] > high_y[-1]  # earlier and lower: part 20's note
+    # the legend's swatches, full colour, right of the roll; no Blues shading anywhere
+    for i in (0, 1):
+        swatch = np.nonzero(near(image, tab10(i)).any(axis=0))[0]
+        assert len(swatch) > 10 and swatch[0] > high_x[-1], i
+    assert near(image, blues(even)).sum() == 0
+
+
+def test_draw_notes_in_parts_colours_by_part_and_velocity_sets_the_opacity() -> None:
+    fig, ax = matplotlib.pyplot.subplots()
+    handles = plots.draw_notes(
+        ax, np.array([60, 64, 67, 48]), np.zeros(4), np.ones(4), np.array([127, 0, 127, 64]),
+        part=np.array([2, 0, 0, 64]), part_names={0: "piano-1", 2: "piano-3"},
+    )  # fmt: skip
+    faces = ax.collections[0].get_facecolors()
+    matplotlib.pyplot.close(fig)
+    colours = [matplotlib.colormaps["tab10"](i)[:3] for i in range(3)]
+    assert [h.get_label() for h in handles] == ["piano-1", "piano-3", "part 64"]
+    np.testing.assert_allclose([h.get_facecolor()[:3] for h in handles], colours)
+    np.testing.assert_allclose(faces[:, :3], [colours[1], colours[0], colours[0], colours[2]])
+    assert faces[:, 3].tolist() == pytest.approx([1.0, 0.25, 1.0, 0.25 + 0.75 * 64 / 127])
+    assert plots.draw_notes(ax, np.zeros(0), np.zeros(0), np.zeros(0), part=np.zeros(0)) == []
