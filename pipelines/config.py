@@ -124,8 +124,8 @@ class Parse(Section):
 
 class Sequences(Section):
     # track: one stream per track (the TensorFlow tutorial's); score: a file's selected tracks
-    # merged into one time-ordered stream. track stays the default until the model reads parts.
-    mode: Literal["score", "track"] = "track"
+    # merged into one time-ordered stream, each note with its part: music in parts (the default).
+    mode: Literal["score", "track"] = "score"
     # a file's tracks of one instrument class are ranked by median pitch (1 = highest); ranks
     # past this share the last part. 16 covers any real ensemble's voices of one class.
     max_part_rank: int = Field(4, ge=1, le=16)

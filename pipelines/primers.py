@@ -82,7 +82,7 @@ def midi_primer(path: Path, length: int, manifest: dict[str, Any]) -> tuple[Note
     """The first `length` notes of a MIDI file as the model's training streams held them, and
     the file's first tempo. In score mode all its tracks (drums only where the model learned a
     drum part), merged with their parts; in track mode its first such track."""
-    from pipelines import sequences
+    from pipelines import streams
     from pipelines.config import Sequences
     from pipelines.midi import parse_midi
 
@@ -106,19 +106,19 @@ def midi_primer(path: Path, length: int, manifest: dict[str, Any]) -> tuple[Note
     drums = any(v["family"] == "drums" for v in parts.get("vocabulary", []))
     tracks = [
         (track, rows)
-        for track, rows in sequences.track_slices(notes)
+        for track, rows in streams.track_slices(notes)
         if drums or not notes["is_drum"][rows.start]
     ]
     if not tracks:
         raise LakhflowError(f"generate.primer_midi: {path.name} has no notes")
-    part = sequences.track_parts(notes, tracks, p.max_part_rank)
-    streams = [
-        sequences.Stream(t, np.arange(rows.start, rows.stop), np.full(rows.stop - rows.start, q))
+    part = streams.track_parts(notes, tracks, p.max_part_rank)
+    voices = [
+        streams.Stream(t, np.arange(rows.start, rows.stop), np.full(rows.stop - rows.start, q))
         for (t, rows), q in zip(tracks, part, strict=True)
     ]
-    stream = sequences.merge(notes, streams, p) if p.mode == "score" else streams[0]
-    stream = sequences.Stream(stream.track, stream.rows[:length], stream.part[:length])
-    features = sequences.stream_features(notes, stream, p)
+    stream = streams.merge(notes, voices, p) if p.mode == "score" else voices[0]
+    stream = streams.Stream(stream.track, stream.rows[:length], stream.part[:length])
+    features = streams.stream_features(notes, stream, p)
     primer = Notes(
         **{
             k: features[k].astype(np.float64 if k in ("step", "duration") else np.int64)

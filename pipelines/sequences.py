@@ -3,24 +3,12 @@ split and binned.
 
 Reads `data/notes/notes-*.parquet` and `data/notes/files.parquet`; writes `data/shards/`:
 `{train,val,test}-NNNNN-of-MMMMM.tfrecord.gz`, `splits.parquet` and `manifest.json` (CONTRACTS.md).
-Here: reading the note tables, selecting tracks, parts, streams and `run`; split keys are in
-`splits`, the bins in `bins`, the spill and shard writer in `shards`.
-
-Streams (`sequences.mode`). `track`: each selected track is a stream, as in the TensorFlow
-tutorial. `score`: a file's selected tracks merged into one stream in time order; a note's step
-is the onset difference in the merged stream (0 for notes that sound together), and notes with
-one onset go by part (lowest index first: for one instrument class, the highest voice first),
-then pitch from high to low, then track. The instrument filters (drums, programs, instrument)
-choose tracks in both modes; the length filters (min_notes, seq_length) apply to the stream: a
-track in track mode, the merged score in score mode, so a short track still plays in its score.
-
-Parts. Every note carries its part, in both modes: its track's (instrument class, rank). The class
-is the General MIDI family of the track's program (16 of them), or drums; the rank orders the
-file's selected tracks of that class by median pitch, 1 the highest (ties by track number),
-ranks past `sequences.max_part_rank` sharing the last. The index is class * max_part_rank +
-rank - 1, the same in every file and corpus: a chorale's four voices, all pianos, are piano-1
-(soprano) to piano-4 (bass). The manifest lists the parts that occur: name, family, rank, the
-program most of their notes had, and their notes.
+Here: reading the note tables, selecting tracks and `run`; how a file's notes become streams
+with parts is in `streams`, split keys in `splits`, the bins in `bins`, the spill and shard
+writer in `shards`. The instrument filters (drums, programs, instrument) choose tracks in both
+modes; the length filters (min_notes, seq_length) apply to the stream: a track in track mode, the
+merged score in score mode, so a short track still plays in its score. The manifest lists the
+parts that occur: name, family, rank, the program most of their notes had, and their notes.
 
 Groups. Every chunk carries its file's folder group (the files table's `group`: a composer for the
 music21 source, an artist or collection folder for a user's own MIDI); the manifest counts each
@@ -47,7 +35,7 @@ from pipelines import instruments, schema, storage
 from pipelines.bins import Histogram, make_bins
 from pipelines.config import MANIFEST_FILE, Config, Paths, Sequences
 from pipelines.errors import LakhflowError, ParamsError
-from pipelines.instruments import FAMILIES, describe, select_programs
+from pipelines.instruments import PART_CLASSES, describe, part_name, select_programs
 from pipelines.shards import (
     ChunkSpill,
     chunk_example,
@@ -58,13 +46,20 @@ from pipelines.shards import (
 )
 from pipelines.splits import (
     FileSurvey,
-    Notes,
     content_hash,
     shared_run_fingerprints,
     shared_run_pairs,
     split_keys,
     split_of,
     tune_fingerprint,
+)
+from pipelines.streams import (
+    Notes,
+    Stream,
+    merge,
+    stream_features,
+    track_parts,
+    track_slices,
 )
 
 log = logging.getLogger(__name__)
@@ -119,13 +114,6 @@ def iter_file_notes(parts: list[Path], batch_rows: int = 1 << 16) -> Iterator[tu
                 pending.append({k: v[lo:hi] for k, v in cols.items()})
     if pending_id is not None:
         yield flush()
-
-
-def track_slices(notes: Notes) -> list[tuple[int, slice]]:
-    """The (track, rows) runs of one file's notes, which are sorted by track."""
-    tracks = notes["track"]
-    cuts = [0, *(np.flatnonzero(tracks[1:] != tracks[:-1]) + 1).tolist(), len(tracks)]
-    return [(int(tracks[lo]), slice(lo, hi)) for lo, hi in itertools.pairwise(cuts)]
 
 
 # ---------------------------------------------------------------- selecting tracks
@@ -207,60 +195,7 @@ class Selection:
         return "no stream gave a window"
 
 
-# ---------------------------------------------------------------- parts
-
-PART_CLASSES: tuple[str, ...] = (*FAMILIES, "drums")  # the 16 GM families (8 programs each)
-DRUMS = len(FAMILIES)
-
-
-def part_class(program: int, is_drum: bool) -> int:
-    return DRUMS if is_drum else program // 8
-
-
-def part_index(klass: int, rank: int, max_rank: int) -> int:
-    """A part's index in the vocabulary; rank counts from 1, ranks past max_rank share the last."""
-    return klass * max_rank + min(rank, max_rank) - 1
-
-
-def part_name(index: int, max_rank: int) -> str:
-    """ "piano-1": the class, and the rank (1: the highest voice of that class in its file)."""
-    return f"{PART_CLASSES[index // max_rank]}-{index % max_rank + 1}"
-
-
-def track_parts(notes: Notes, tracks: list[tuple[int, slice]], max_rank: int) -> list[int]:
-    """The part of each of a file's selected tracks: its class, and its rank by median pitch
-    among the file's selected tracks of that class (highest first, ties by track number)."""
-    classes = [
-        part_class(int(notes["program"][rows.start]), bool(notes["is_drum"][rows.start]))
-        for _, rows in tracks
-    ]
-    medians = [float(np.median(notes["pitch"][rows])) for _, rows in tracks]
-    order = sorted(range(len(tracks)), key=lambda i: (classes[i], -medians[i], tracks[i][0]))
-    parts = [0] * len(tracks)
-    ranks: Counter[int] = Counter()
-    for i in order:
-        ranks[classes[i]] += 1
-        parts[i] = part_index(classes[i], ranks[classes[i]], max_rank)
-    return parts
-
-
 # ---------------------------------------------------------------- streams, features and chunks
-
-
-@dataclass
-class Stream:
-    """A track's notes, or a file's selected tracks merged into one score, in playing order."""
-
-    track: int  # the track's number; schema.SCORE_TRACK for a merged score
-    rows: np.ndarray  # the notes' rows in the file's note columns, in the stream's order
-    part: np.ndarray  # each note's part
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-
-def onsets(notes: Notes, p: Sequences) -> np.ndarray:
-    return notes["start_beat" if p.time_unit == "beats" else "start"]
 
 
 def file_streams(notes: Notes, selection: Selection, p: Sequences) -> list[Stream]:
@@ -281,32 +216,6 @@ def file_streams(notes: Notes, selection: Selection, p: Sequences) -> list[Strea
         selection.kept[SCORES] += 1
         streams = [merge(notes, streams, p)]
     return [s for s in streams if selection.long_enough(len(s), count=True)]
-
-
-def merge(notes: Notes, tracks: list[Stream], p: Sequences) -> Stream:
-    """Tracks as one score: by onset, then part, then pitch from high to low, then track."""
-    rows = np.concatenate([t.rows for t in tracks])
-    part = np.concatenate([t.part for t in tracks])
-    pitch = notes["pitch"][rows].astype(np.int64)
-    # lexsort is stable and sorts by its last key first
-    order = np.lexsort((notes["track"][rows], -pitch, part, onsets(notes, p)[rows]))
-    return Stream(schema.SCORE_TRACK, rows[order], part[order])
-
-
-def stream_features(notes: Notes, stream: Stream, p: Sequences) -> dict[str, np.ndarray]:
-    """pitch, step, duration, velocity and part of a stream's notes; the first note's step is 0."""
-    rows = stream.rows
-    beats = p.time_unit == "beats"
-    start = onsets(notes, p)[rows].astype(np.float64)
-    end = notes["end_beat" if beats else "end"][rows].astype(np.float64)
-    step = np.diff(start, prepend=start[:1])
-    return {
-        "pitch": notes["pitch"][rows].astype(np.int64),
-        "step": np.clip(step, 0.0, p.max_step).astype(np.float32),
-        "duration": np.clip(end - start, 0.0, p.max_duration).astype(np.float32),
-        "velocity": notes["velocity"][rows].astype(np.int64),
-        "part": stream.part.astype(np.int64),
-    }
 
 
 def chunk_starts(n: int, chunk_notes: int, seq_length: int) -> list[int]:

@@ -26,6 +26,7 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from pipelines import schema
+from pipelines.streams import Notes
 
 TUNE_INTERVALS = 16  # the opening of the highest voice that names a tune
 # Intervals hashed together in a shared-run k-gram: long enough that a k-gram is rarely a
@@ -44,8 +45,6 @@ MAX_FIGURE = 4
 PAIRING_SLICE_BITS = 4
 PAIRING_SLICES = 1 << PAIRING_SLICE_BITS
 NO_FINGERPRINT = np.uint64(np.iinfo(np.uint64).max)  # the hash a skipped k-gram gets
-
-Notes = dict[str, np.ndarray]  # one file's notes: a numpy array per column of schema.NOTES
 
 
 def content_hash(notes: Notes) -> str:

@@ -154,13 +154,15 @@ def test_select_programs_names_the_bad_item(items: list[int | str], named: str) 
 # --------------------------------------------------------------------------- parts
 
 
-def test_part_classes_and_names_are_the_sequences_stages() -> None:
-    from pipelines import sequences
+def test_a_part_index_streams_give_is_named_by_its_class_and_rank() -> None:
+    from pipelines import streams
 
-    assert instruments.PART_CLASSES == sequences.PART_CLASSES
-    assert [instruments.part_name(i, 4) for i in range(68)] == [
-        sequences.part_name(i, 4) for i in range(68)
+    assert [instruments.part_name(streams.part_index(0, r, 4), 4) for r in (1, 4, 9)] == [
+        "piano-1",
+        "piano-4",
+        "piano-4",  # ranks past max_rank share the last
     ]
+    assert instruments.part_name(streams.part_index(streams.DRUMS, 1, 4), 4) == "drums-1"
     assert instruments.part_name(3, 4) == "piano-4" and instruments.part_name(64, 4) == "drums-1"
 
 

@@ -96,3 +96,25 @@ def test_a_file_that_is_not_midi_is_one_line(tmp_path: Path) -> None:
     path.write_bytes(b"not a MIDI file")
     with pytest.raises(LakhflowError, match=r"^generate\.primer_midi: notes\.mid is not a MIDI"):
         primers.midi_primer(path, 8, {})
+
+
+def test_a_midi_primer_in_score_mode_is_all_its_tracks_merged_with_their_parts(
+    tmp_path: Path,
+) -> None:
+    # a soprano over a bass, both pianos: piano-1 and piano-2, merged by onset, higher first
+    start = np.array([0.0, 0.0, 1.0, 1.0, 2.0])
+    part = np.array([0, 1, 0, 1, 0])
+    pitch = np.array([72, 48, 74, 50, 76])
+    tracks = {0: midi.PartTrack("piano-1", 0), 1: midi.PartTrack("piano-2", 0)}
+    written = midi.parts_to_midi(pitch, start * 0.6, start * 0.6 + 0.5, np.full(5, 80), part,
+                                 tracks, tempo_bpm=100.0)  # fmt: skip
+    path = tmp_path / "two-voices.mid"
+    written.write(str(path))
+    score = {**MANIFEST, "mode": "score"}
+    primer, _ = primers.midi_primer(path, 4, score)
+    assert primer.pitch.tolist() == [72, 48, 74, 50]
+    assert primer.part.tolist() == [0, 1, 0, 1]
+    assert primer.step.tolist() == pytest.approx([0.0, 0.0, 1.0, 0.0])
+    # in track mode it is the first track alone, as the model's training streams were
+    alone, _ = primers.midi_primer(path, 4, {**MANIFEST, "mode": "track"})
+    assert alone.pitch.tolist() == [72, 74, 76] and set(alone.part.tolist()) == {0}

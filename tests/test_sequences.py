@@ -19,7 +19,7 @@ from conftest import (
     run_cli,
 )
 
-from pipelines import config, dataset, instruments, sequences, splits
+from pipelines import config, dataset, instruments, sequences, splits, streams
 from pipelines.errors import LakhflowError, ParamsError
 
 T = SEQUENCES_TEST_PARAMS["seq_length"]
@@ -198,7 +198,7 @@ def test_a_four_voice_score_is_one_stream_by_onset_part_and_pitch_from_high_to_l
     notes = four_voices()
     selection = sequences.Selection.from_params(p)
     (score,) = sequences.file_streams(notes, selection, p)
-    features = sequences.stream_features(notes, score, p)
+    features = streams.stream_features(notes, score, p)
     assert score.track == -1
     chords = [  # (onset, part, pitch) in stream order
         (0, SOPRANO, 72), (0, ALTO, 64), (0, TENOR, 55), (0, BASS, 48),
@@ -217,22 +217,22 @@ def test_a_four_voice_score_is_one_stream_by_onset_part_and_pitch_from_high_to_l
     assert np.count_nonzero(features["step"] == 0) == 1 + 3 + 3 + 4 + 3
     track_of = {SOPRANO: 1, ALTO: 3, TENOR: 2, BASS: 0}
     assert features["velocity"].tolist() == [60 + track_of[c[1]] for c in chords]
-    assert sequences.part_name(BASS, p.max_part_rank) == "piano-4"
+    assert instruments.part_name(BASS, p.max_part_rank) == "piano-4"
     assert selection.kept["sequences.include_drums"] == 4  # the drums left out
 
 
 def test_track_mode_gives_each_track_its_part() -> None:
     p = config.Sequences(mode="track", seq_length=3, min_notes=4)
     notes = four_voices()
-    streams = sequences.file_streams(notes, sequences.Selection.from_params(p), p)
-    assert [(s.track, set(s.part.tolist())) for s in streams] == [
+    tracks = sequences.file_streams(notes, sequences.Selection.from_params(p), p)
+    assert [(s.track, set(s.part.tolist())) for s in tracks] == [
         (0, {BASS}),
         (1, {SOPRANO}),
         (2, {TENOR}),
         (3, {ALTO}),
     ]
-    for s in streams:
-        features = sequences.stream_features(notes, s, p)
+    for s in tracks:
+        features = streams.stream_features(notes, s, p)
         assert np.all(np.diff(notes["start_beat"][s.rows]) >= 0)
         assert features["part"].tolist() == s.part.tolist()
 
@@ -240,11 +240,11 @@ def test_track_mode_gives_each_track_its_part() -> None:
 def test_parts_rank_within_a_class_and_share_the_last_rank() -> None:
     notes = four_voices()
     notes["program"][notes["track"] == 2] = 42  # the tenor on a cello: strings-1
-    tracks = [(t, rows) for t, rows in sequences.track_slices(notes) if t < 4]
+    tracks = [(t, rows) for t, rows in streams.track_slices(notes) if t < 4]
     # bass and alto share piano-2, the cello alone is strings-1
-    assert sequences.track_parts(notes, tracks, 2) == [1, 0, 10, 1]
-    assert [sequences.part_name(i, 2) for i in (0, 1, 10)] == ["piano-1", "piano-2", "strings-1"]
-    assert sequences.part_name(sequences.part_index(sequences.DRUMS, 1, 4), 4) == "drums-1"
+    assert streams.track_parts(notes, tracks, 2) == [1, 0, 10, 1]
+    assert [instruments.part_name(i, 2) for i in (0, 1, 10)] == ["piano-1", "piano-2", "strings-1"]
+    assert instruments.part_name(streams.part_index(streams.DRUMS, 1, 4), 4) == "drums-1"
 
 
 def test_the_length_filters_see_the_merged_score() -> None:
