@@ -249,10 +249,10 @@ def test_parts_rank_within_a_class_and_share_the_last_rank() -> None:
 
 def test_the_length_filters_see_the_merged_score() -> None:
     notes = four_voices()
-    for mode, streams in (("track", 0), ("score", 1)):
+    for mode, count in (("track", 0), ("score", 1)):
         p = config.Sequences(mode=mode, seq_length=6, min_notes=7)  # every track is shorter
         selection = sequences.Selection.from_params(p)
-        assert len(sequences.file_streams(notes, selection, p)) == streams
+        assert len(sequences.file_streams(notes, selection, p)) == count
     p = config.Sequences(mode="score", seq_length=30, min_notes=4)
     selection = sequences.Selection.from_params(p)
     assert sequences.file_streams(notes, selection, p) == []
