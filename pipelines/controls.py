@@ -11,7 +11,9 @@ for music-shaped noise, measured the same way on sets of the same size and lengt
   same pitches and the same notes per beat without the order that makes music: the floor.
 
 Every comparison is repeated over `draws` reference draws, and each figure is reported as its
-mean and spread (standard deviation) over the draws. Pure numpy: no TensorFlow, no files.
+mean and spread (standard deviation) over the draws. Where the notes carry parts, each set's
+part figures (music_metrics.PART_FIGURES, and the share of notes outside their part's real range
+where those ranges are given) are among them. Pure numpy: no TensorFlow, no files.
 """
 
 from __future__ import annotations
@@ -31,11 +33,12 @@ MIN_EVAL_NOTES = 16
 
 @dataclass(frozen=True)
 class Track:
-    """One test track's notes, in order (joined from its chunks)."""
+    """One track's notes, in order (joined from its chunks), and its file's group."""
 
     file_id: str
     track: int
     notes: dict[str, np.ndarray]  # pitch, step, duration; part where the notes carry one
+    group: str = ""  # the file's folder group (a composer, a collection); "" where unknown
 
     def __len__(self) -> int:
         return len(self.notes["pitch"])
@@ -185,12 +188,14 @@ def judge(
     seconds_per_beat: float,
     kde_points: int,
     ngrams: Sequence[int],
+    part_ranges: mm.PartRanges | None = None,
 ) -> Judgement:
     """Compare the generated continuations with `draws` reference draws from `tracks`.
 
     The evaluation length is the continuations' (their shortest), shortened only as far as the
     test tracks need to hold two sets of excerpts; the set size is `set_size`, or fewer where
-    there are fewer generated pieces or excerpts, and is the same for every set.
+    there are fewer generated pieces or excerpts, and is the same for every set. `part_ranges`
+    (each part's real register, from the training notes) adds outside_range to every set.
     """
     if not generated:
         raise ValueError("no generated piece to judge")
@@ -218,7 +223,7 @@ def judge(
         model = [cut(generated[i], length) for i in sorted(chosen)]
         draw = compare_draw(model, reference, real, rng, kde_points)
         first = first or draw
-        per_draw.append(draw_figures(draw, ngrams))
+        per_draw.append(draw_figures(draw, ngrams, part_ranges))
     assert first is not None
     sets_summary: dict[str, object] = {}
     for name in (*SETS, "reference"):
@@ -239,11 +244,15 @@ def judge(
     return Judgement(summary, first)
 
 
-def draw_figures(draw: Draw, ngrams: Sequence[int]) -> dict[str, dict[str, float]]:
-    """Per set: mean overlap and KL over the features, each feature's, and the piece figures."""
+def draw_figures(
+    draw: Draw, ngrams: Sequence[int], part_ranges: mm.PartRanges | None = None
+) -> dict[str, dict[str, float]]:
+    """Per set: mean overlap and KL over the features, each feature's, the piece figures and
+    the part figures (nan for pieces without parts)."""
     out: dict[str, dict[str, float]] = {}
     for name, pieces in (*draw.sets.items(), ("reference", draw.reference)):
         figures = piece_means(pieces) | distinct_ngrams(pieces, ngrams)
+        figures |= mm.mean_part_figures(pieces, part_ranges)
         if name in draw.yang_lerch:
             summaries = {f: c.summary for f, c in draw.yang_lerch[name].items()}
             figures |= {

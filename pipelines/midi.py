@@ -1,7 +1,7 @@
 """MIDI bytes -> note arrays, with symusic (fast, default) or pretty_midi, under one pairing policy;
 and the model's `Notes` (pitch, step, duration, velocity) written as a MIDI file (`to_midi`; a
 piece in parts, one track per part: `parts_to_midi`), and a written file's notes read back
-(`read_midi_notes`).
+(`read_midi_notes`; with each note's part from its track's name: `read_midi_parts`).
 
 Both parsers give tick-level notes grouped into tracks; `assemble_notes` turns them into the note
 table's columns (seconds from the tempo map, beats = ticks / ticks_per_beat) the same way.
@@ -490,21 +490,57 @@ def to_midi(piece: Notes, manifest: Mapping[str, Any], tempo_bpm: float, program
     )
 
 
-def read_midi_notes(path: Path, time_unit: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """A MIDI file's pitched notes ordered by start then pitch, timed in beats or seconds."""
+def _read_instruments(path: Path, time_unit: str) -> list[tuple[Any, np.ndarray, np.ndarray]]:
+    """A written MIDI file's instruments, each with its notes' starts and ends in beats or
+    seconds (in the instrument's note order)."""
     import pretty_midi
 
     try:
         midi = pretty_midi.PrettyMIDI(str(path))
     except Exception as exc:  # a generated file that does not read is the user's to fix
         raise LakhflowError(f"{path} is not a readable MIDI file ({exc})") from None
-    notes = [n for inst in midi.instruments if not inst.is_drum for n in inst.notes]
-    pitch = np.array([n.pitch for n in notes], dtype=np.int64)
-    start = np.array([n.start for n in notes], dtype=np.float64)
-    end = np.array([n.end for n in notes], dtype=np.float64)
-    if time_unit == "beats" and len(notes):
-        ticks_per_beat = float(midi.resolution)
-        start = np.array([midi.time_to_tick(t) for t in start], np.float64) / ticks_per_beat
-        end = np.array([midi.time_to_tick(t) for t in end], np.float64) / ticks_per_beat
+    out = []
+    for inst in midi.instruments:
+        start = np.array([n.start for n in inst.notes], dtype=np.float64)
+        end = np.array([n.end for n in inst.notes], dtype=np.float64)
+        if time_unit == "beats" and len(inst.notes):
+            ticks_per_beat = float(midi.resolution)
+            start = np.array([midi.time_to_tick(t) for t in start], np.float64) / ticks_per_beat
+            end = np.array([midi.time_to_tick(t) for t in end], np.float64) / ticks_per_beat
+        out.append((inst, start, end))
+    return out
+
+
+def read_midi_notes(path: Path, time_unit: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A MIDI file's pitched notes ordered by start then pitch, timed in beats or seconds."""
+    instruments = _read_instruments(path, time_unit)
+    pitched = [(inst, s, e) for inst, s, e in instruments if not inst.is_drum]
+    pitch = np.array([n.pitch for inst, _, _ in pitched for n in inst.notes], dtype=np.int64)
+    start = np.concatenate([np.empty(0), *(s for _, s, _ in pitched)])
+    end = np.concatenate([np.empty(0), *(e for _, _, e in pitched)])
     order = np.lexsort((pitch, start))
     return pitch[order], start[order], end[order]
+
+
+def read_midi_parts(
+    path: Path, time_unit: str, parts: Mapping[str, int], *, score: bool
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """A written piece in parts read back: every note (drum tracks too: a part of the model's
+    may be drums), each with its part, the index `parts` gives its track's name ("piano-1", as
+    parts_to_midi names them); -1 for a track of any other name. The notes are in the order the
+    training streams hold them: a score's by start, then part, then pitch from high to low (the
+    sequences stage's merge); a track's by start, then pitch."""
+    instruments = _read_instruments(path, time_unit)
+    pitch = np.array([n.pitch for inst, _, _ in instruments for n in inst.notes], dtype=np.int64)
+    part = np.concatenate(
+        [np.empty(0, np.int64)]
+        + [
+            np.full(len(inst.notes), parts.get(inst.name, -1), np.int64)
+            for inst, _, _ in instruments
+        ]
+    )
+    start = np.concatenate([np.empty(0), *(s for _, s, _ in instruments)])
+    end = np.concatenate([np.empty(0), *(e for _, _, e in instruments)])
+    # lexsort is stable and sorts by its last key first
+    order = np.lexsort((-pitch, part, start)) if score else np.lexsort((pitch, start))
+    return pitch[order], start[order], end[order], part[order]

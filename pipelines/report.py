@@ -1,7 +1,8 @@
 """The evaluate stage's pictures and report: PNGs of the model's pieces beside real excerpts and
 the shuffled control (overlap per feature over the draws, Yang & Lerch densities, per-piece
 figures, MusPy metrics, piano rolls), and one HTML page that says in words what every figure
-measures and which way is better, with the tables and the pictures embedded.
+measures and which way is better, with the tables (parts, and styles for a style-conditioned
+model) and the pictures embedded.
 """
 
 from __future__ import annotations
@@ -213,6 +214,52 @@ def _head_table(result: Mapping[str, Any]) -> str:
     return _table(header, [[r[0], *(r[i + 1] for i in keep)] for r in rows])
 
 
+def _parts_section(music: Mapping[str, Any], better: Mapping[str, str]) -> str:
+    """The part figures beside both controls, and the real registers they are measured by."""
+    names = [*mm.PART_FIGURES, "outside_range"]
+    ranges = music.get("part_ranges") or {}
+    listed = ", ".join(f"{html.escape(name)} {_number(lo)}-{_number(hi)}"
+                       for name, (lo, hi) in ranges.items())  # fmt: skip
+    return f"""<h2>Parts: voices in their registers</h2>
+<p>Each part's real range is the 1st to 99th percentile of its pitches over the train split's
+notes ({len(ranges)} parts: {listed or "none"}). Pieces whose notes carry no part leave these
+figures undefined (n/a).</p>
+{_sets_table(music["sets"], names, better)}"""
+
+
+def _style_section(result: Mapping[str, Any]) -> str:
+    """The style classifier's accuracy per style: on held-out real excerpts (the ceiling) and
+    on the pieces generated for each style; empty for a model without styles."""
+    found = result.get("style")
+    if not found:
+        return ""
+    ceiling, model = found["ceiling"], found["model"]
+    rows = [
+        [name, found["train_excerpts"].get(name, 0), ceiling["pieces"].get(name, 0),
+         ceiling["by_style"].get(name, math.nan), model["pieces"].get(name, 0),
+         model["by_style"].get(name, math.nan)]
+        for name in found["styles"]
+    ]  # fmt: skip
+    rows.append([Raw("<b>all</b>"), sum(found["train_excerpts"].values()),
+                 sum(ceiling["pieces"].values()), ceiling["accuracy"],
+                 sum(model["pieces"].values()), model["accuracy"]])  # fmt: skip
+    header = ["style", "real train excerpts", "real test excerpts", "ceiling: accuracy on them",
+              "generated pieces", "model: accuracy on them"]  # fmt: skip
+    left = model["left_out"] + ceiling["left_out"]
+    return f"""<h2>Style: do the pieces sound like the style asked for?</h2>
+<p>A small classifier (pitch-class spectrum, register, rhythm, polyphony, part shares; logistic
+regression, its styles weighted alike) is fitted on real excerpts of {found["eval_notes"]} notes
+of the train split, labelled with their file's style. The <b>ceiling</b> is how often it names
+the right style for real excerpts of the test split; the <b>model</b>'s figure, how often it
+names the style each generated piece was asked for. Their ratio is {_cell(found["ratio"])}
+(higher is better; 1: the pieces are as recognisable as real music). Guessing scores
+{_cell(ceiling["chance"]["uniform"])} (one style of {len(found["styles"])} at random), or
+{_cell(ceiling["chance"]["majority"])} on the test excerpts and
+{_cell(model["chance"]["majority"])} on the pieces by always naming the commonest style.
+{f"{left} pieces of styles without train excerpts are left out." if left else ""}</p>
+{_table(header, rows)}"""
+
+
 def _sets_table(sets: Mapping[str, Any], names: Sequence[str], better: Mapping[str, str]) -> str:
     rows = []
     for name in names:
@@ -237,7 +284,8 @@ def report_html(result: Mapping[str, Any], pictures: Sequence[Path]) -> str:
         key=lambda k: int(k.removeprefix("distinct_").removesuffix("grams")),
     )
     muspy_keys = [k for k in sets["model"] if k.startswith("muspy_")]
-    better = {"overlap": HIGHER, "kl": LOWER} | dict.fromkeys(overlap_keys, HIGHER)
+    better = {"overlap": HIGHER, "kl": LOWER, "outside_range": LOWER}
+    better |= dict.fromkeys(overlap_keys, HIGHER)
     verdict = (
         f"The model's mean overlap with real music is {_cell(result['overlap_ratio'])} of real vs "
         f"real's, and it <b>{'beats' if result['beats_shuffled'] else 'does not beat'}</b> the "
@@ -284,6 +332,8 @@ from {music["test_files_used"]} test files
 pieces, and the distances from the set's pieces to the reference's (higher is better, 1 at
 most).</p>
 {_sets_table(sets, overlap_keys, better)}
+{_parts_section(music, better)}
+{_style_section(result)}
 <h2>The model against count baselines on the test split</h2>
 <p>{result["model"]["windows"]} test windows; {html.escape(result["model"]["heads_kind"])} heads.
 NLL is in nats per note, averaged over every position of a window (context of 1 to

@@ -111,3 +111,41 @@ def test_beating_the_shuffled_control_needs_more_than_the_spread() -> None:
     assert not controls.beats_shuffled({"mean": 0.8, "std": 0.0}, {"mean": 0.85, "std": 0.0})
     assert controls.stats([1.0, 3.0]) == {"mean": 2.0, "std": pytest.approx(2**0.5)}
     assert controls.stats([4.0]) == {"mean": 4.0, "std": 0.0}
+
+
+def test_sets_carry_part_figures_and_the_shuffle_takes_voices_out_of_their_registers() -> None:
+    """Four voices in separate registers: real excerpts keep to the real ranges, the shuffled
+    control (pitches permuted across the voices) does not; every set has the part figures, and
+    outside_range only where the ranges are given."""
+    registers = [(40, 52), (53, 62), (63, 71), (72, 84)]
+    rng = np.random.default_rng(5)
+
+    def chorale(file_id: str, chords: int) -> controls.Track:
+        pitch = [int(rng.integers(lo, hi + 1)) for _ in range(chords) for lo, hi in registers]
+        step = np.tile([1.0, 0.0, 0.0, 0.0], chords)
+        notes = {"pitch": np.array(pitch), "step": step, "duration": np.ones(4 * chords),
+                 "part": np.tile(np.arange(4), chords)}  # fmt: skip
+        return controls.Track(file_id, -1, notes, "bach")
+
+    tracks = [chorale(f"f{i}", 40) for i in range(20)]
+    ranges = mm.part_ranges((t.notes["pitch"], t.notes["part"]) for t in tracks)
+    generated = [controls.excerpt_piece(chorale("g", 16), 0, 64, 1.0) for _ in range(8)]
+    settings = {"set_size": 8, "draws": 3, "seed": 0, "seconds_per_beat": 1.0,
+                "kde_points": 32, "ngrams": [2]}  # fmt: skip
+    sets = controls.judge(generated, tracks, part_ranges=ranges, **settings).summary["sets"]
+    for name in (*controls.SETS, "reference"):
+        figures = sets[name]
+        assert 0 <= figures["outside_range"]["mean"] <= 1, name
+        assert figures["parts_used"]["mean"] == 4, name
+        assert figures["part_pitch_range"]["mean"] > 0, name
+        assert figures["muspy_polyphony"]["mean"] == pytest.approx(4, abs=0.5), name
+    assert sets["real"]["outside_range"]["mean"] < 0.1
+    assert sets["shuffled"]["outside_range"]["mean"] > 0.4
+    assert sets["model"]["outside_range"]["mean"] < 0.1
+    plain = controls.judge(generated, tracks, **settings).summary["sets"]
+    assert "outside_range" not in plain["model"] and plain["model"]["parts_used"]["mean"] == 4
+    # Pieces whose notes carry no part: the part figures are undefined, not 0.
+    bare = [mm.Piece(p.pitch, p.start, p.end) for p in generated]
+    unparted = controls.judge(bare, tracks, part_ranges=ranges, **settings).summary["sets"]
+    assert np.isnan(unparted["model"]["outside_range"]["mean"])
+    assert np.isnan(unparted["model"]["parts_used"]["mean"])

@@ -261,10 +261,12 @@ def test_eval_json_headline_and_detail(evaluated: tuple[Path, dict]) -> None:
     assert data["bigram_pitch_nll"] < data["unigram_pitch_nll"] < math.log(128)
     for figure in ("overlap", "overlap_real", "overlap_shuffled"):
         assert 0 <= data[figure] <= 1
-    # What dvc metrics reads: the headline, at most 12 figures, equal to eval.json's.
+    # What dvc metrics reads: the headline, 12 figures, equal to eval.json's; an unconditioned
+    # model has no style figures at all.
     headline = json.loads((project / "data" / "metrics" / "headline.json").read_text())
     assert set(headline) == set(evaluate.HEADLINE) and len(headline) <= 12
     assert all(headline[k] == data[k] for k in headline)
+    assert "style" not in data and not any(k.startswith("style_") for k in data)
     assert data["test_windows"] <= 300
     assert data["heads"] == "categorical"
     manifest = json.loads((project / "data" / "shards" / "manifest.json").read_text())
@@ -272,6 +274,8 @@ def test_eval_json_headline_and_detail(evaluated: tuple[Path, dict]) -> None:
     # Every head of the model was scored on every position of every test window.
     heads = data["model"]["heads"]
     assert set(heads) == {"pitch", "step", "duration", "velocity", "part"}
+    assert set(data["baselines"]) == set(heads)
+    assert math.isfinite(data["part_nll"]) and 0 <= data["part_accuracy"] <= 1
     assert heads["pitch"]["count"] == data["test_windows"] * manifest["seq_length"]
     assert data["baselines"]["pitch"]["bigram"]["count"] == heads["pitch"]["count"]
     # The full-context score and its bigram are on one target per window: its last note.
@@ -288,6 +292,14 @@ def test_eval_json_headline_and_detail(evaluated: tuple[Path, dict]) -> None:
         assert {"distinct_2grams", "distinct_4grams", "distinct_8grams"} <= set(figures)
         if name != "reference":
             assert {f"overlap_{f}" for f in mm.FEATURES} <= set(figures)
+        # Track mode: every track is one part; the figures are defined and in their bounds.
+        assert 0 <= figures["outside_range"]["mean"] <= 1, name
+        assert figures["parts_used"]["mean"] >= 1, name
+        assert figures["part_pitch_range"]["mean"] >= 0, name
+    for suffix in ("", "_real", "_shuffled"):
+        assert 0 <= data[f"outside_range{suffix}"] <= 1
+        assert data[f"polyphony{suffix}"] >= 1 and data[f"parts_used{suffix}"] >= 1
+    assert music["part_ranges"] and all(lo <= hi for lo, hi in music["part_ranges"].values())
     assert result["pitch_nll"] == data["pitch_nll"]
 
 
@@ -317,6 +329,62 @@ def test_plots_and_report(evaluated: tuple[Path, dict]) -> None:
     assert page.count('<img src="data:image/png;base64,') == len(plots)
     assert "pitch_class_histogram" in page and "scale_consistency" in page
     assert "real vs real" in page and "shuffled" in page and "what it measures" in page
+
+
+@pytest.mark.slow
+def test_real_tracks_carry_parts_and_groups_and_the_ranges_count_each_train_note_once(
+    evaluated: tuple[Path, dict],
+) -> None:
+    project, _ = evaluated
+    cfg = config.load(project)
+    manifest = json.loads((project / "data" / "shards" / "manifest.json").read_text())
+    vocabulary = {v["index"] for v in manifest["parts"]["vocabulary"]}
+    train = evaluate.split_tracks(cfg, "train")
+    for track in (*train, *evaluate.split_tracks(cfg, "test")):
+        assert len(track.notes["part"]) == len(track)
+        assert set(track.notes["part"].tolist()) <= vocabulary
+        assert len(set(track.notes["part"].tolist())) == 1  # track mode: a track is one part
+        assert track.group in {"bach", "other", "synth"}
+    # Counted chunk by chunk (each note once), the ranges equal those of the joined tracks.
+    joined = mm.part_ranges((t.notes["pitch"], t.notes["part"]) for t in train)
+    assert evaluate.train_part_ranges(cfg, manifest) == joined
+    assert sum(len(t) for t in train) == manifest["splits"]["train"]["notes"]
+
+
+def test_a_written_piece_in_parts_reads_back_with_its_parts(tmp_path: Path) -> None:
+    """The generate stage's tracks ("piano-1", ...) map back to the model's part indices; a
+    track of another name is part -1; drum tracks are read too; a score comes back in the order
+    of the sequences stage's merge (onset, part, pitch from high to low)."""
+    from pipelines.instruments import PART_CLASSES, part_name
+    from pipelines.midi import PartTrack, parts_to_midi, read_midi_notes, read_midi_parts
+
+    max_rank = 4
+    manifest = {"parts": {"max_rank": max_rank, "size": len(PART_CLASSES) * max_rank}}
+    names = evaluate.part_indices(manifest)
+    assert names["piano-1"] == 0 and names["piano-4"] == 3 and names["strings-2"] == 5 * 4 + 1
+    assert names["drums-1"] == (len(PART_CLASSES) - 1) * max_rank
+    assert all(part_name(i, max_rank) == n for n, i in names.items())
+    drums = names["drums-1"]
+    tracks = {0: PartTrack("piano-1", 0), 1: PartTrack("piano-2", 0),
+              drums: PartTrack("drums-1", 0, is_drum=True),
+              99: PartTrack("mystery", 40)}  # fmt: skip
+    pitch = np.array([72, 60, 76, 36, 48, 64])
+    part = np.array([0, 1, 0, drums, 99, 1])
+    start = np.array([0.0, 0.0, 0.0, 0.5, 1.0, 1.0])  # seconds, at 120 bpm: beats 0, 1, 2
+    midi = parts_to_midi(pitch, start, start + 0.5, np.full(6, 80), part, tracks, 120.0)
+    path = tmp_path / "piece.mid"
+    midi.write(str(path))
+
+    got_pitch, got_start, got_end, got_part = read_midi_parts(path, "beats", names, score=True)
+    assert got_pitch.tolist() == [76, 72, 60, 36, 48, 64]  # part 0 high to low, then part 1
+    assert got_part.tolist() == [0, 0, 1, drums, -1, 1]  # "mystery" is no part of the model's
+    assert got_start.tolist() == pytest.approx([0, 0, 0, 1, 2, 2])
+    assert got_end.tolist() == pytest.approx([1, 1, 1, 2, 3, 3])
+    _, _, _, as_track = read_midi_parts(path, "beats", names, score=False)
+    assert as_track.tolist() == [1, 0, 0, drums, -1, 1]  # by onset, then pitch low to high
+    # The plain reader leaves the drums out, and knows nothing of parts.
+    assert read_midi_notes(path, "beats")[0].tolist() == [60, 72, 76, 48, 64]
+    assert evaluate.part_indices({}) == {}
 
 
 @pytest.mark.slow

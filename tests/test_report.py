@@ -87,3 +87,48 @@ def test_a_regression_model_shows_its_mse_column(tmp_path: Path) -> None:
     page = report.report_html(result, [])
     assert "MSE (lower is better)" in page and "<td>0.125</td>" in page
     assert math.isfinite(result["overlap_ratio"])
+
+
+def test_the_page_shows_the_part_figures_and_a_style_table() -> None:
+    from test_style import N_PARTS, corpus
+
+    rng = np.random.default_rng(2)
+    notes = {"step": np.full(40, 0.5), "duration": np.full(40, 1.0)}
+    tracks = [
+        controls.Track(f"f{i}", 0, {"pitch": rng.integers(50, 75, 40),
+                                    "part": np.full(40, i % 2), **notes}, "bach")
+        for i in range(4)
+    ]  # fmt: skip
+    generated = [controls.excerpt_piece(t, 0, 20, 1.0) for t in tracks[:3]]
+    ranges = {0: (55.0, 70.0), 1: (52.0, 72.0)}
+    judgement = controls.judge(generated, tracks, set_size=3, draws=2, seed=0,
+                               seconds_per_beat=1.0, kde_points=32, ngrams=[2],
+                               part_ranges=ranges)  # fmt: skip
+    music = dict(judgement.summary)
+    queries = [p.pitch for p in (*generated, *judgement.first.reference)]
+    copies = evaluate.find_copies(queries, [], anchor=None)
+    music["copying"] = evaluate.copying_summary(["a", "b", "c"], generated, copies, {}, 16)
+    music["part_ranges"] = {"piano-1": [55.0, 70.0], "piano-2": [52.0, 72.0]}
+    heads = {"pitch": {"nll": 2.5, "accuracy": 0.25, "count": 10}}
+    result = result_of(music, heads)
+    plain = report.report_html(result, [])
+    assert "Parts: voices in their registers" in plain and "piano-2 52.0-72.0" in plain
+    for name in ("outside_range", "part_pitch_range", "parts_used"):
+        row = re.search(f"<tr><td>{name}</td><td>([^<]+)</td>(.*?)</tr>", plain)
+        assert row and len(row.group(1)) > 20, name
+        assert row.group(2).count(" ± ") == 3, name
+    outside = re.search("<tr><td>outside_range</td>.*?</tr>", plain)
+    assert outside and "lower is better, down to real vs real" in outside.group(0)
+    assert "Style:" not in plain  # a model without styles has no style table
+
+    train, test = corpus(10, seed=0), corpus(4, seed=1)
+    result["style"] = evaluate.style_accuracy(train, test, corpus(3, seed=2), N_PARTS) | {
+        "eval_notes": 20
+    }
+    page = report.report_html(result, [])
+    assert "Style: do the pieces sound like the style asked for?" in page
+    for group in ("chorale", "etude", "folk"):
+        row = re.search(f"<tr><td>{group}</td>((?:<td>[^<]*</td>){{5}})</tr>", page)
+        assert row, group
+        assert "<td>10</td><td>4</td>" in row.group(1) and "<td>3</td>" in row.group(1), group
+    assert "<tr><td><b>all</b></td><td>30</td><td>12</td>" in page
