@@ -421,16 +421,34 @@ def pitch_class_histogram(piece: Piece) -> np.ndarray:
     return hist / max(hist.sum(), 1.0)
 
 
+def voice_steps(piece: Piece) -> tuple[np.ndarray, np.ndarray]:
+    """Each pair of consecutive notes in one voice, as (from, to) pitches: the melodic steps.
+
+    A voice is a part (a chorale's soprano, a song's bass): in a score the next note of a voice
+    is its part's next note, not whatever another voice plays next. A piece without parts is
+    one voice, as a track is.
+    """
+    if piece.part is None:
+        return piece.pitch[:-1], piece.pitch[1:]
+    order = np.lexsort((np.arange(len(piece)), piece.part))  # by part, in the piece's order
+    pitch, part = piece.pitch[order], piece.part[order]
+    same = part[1:] == part[:-1]
+    return pitch[:-1][same], pitch[1:][same]
+
+
 def pitch_class_transitions(piece: Piece) -> np.ndarray:
-    """The 12x12 matrix of transitions between consecutive notes' pitch classes, normalised."""
-    pcs = piece.pitch % PITCH_CLASSES
+    """The 12x12 matrix of transitions between consecutive notes' pitch classes within each
+    voice, normalised."""
+    before, after = voice_steps(piece)
     matrix = np.zeros((PITCH_CLASSES, PITCH_CLASSES))
-    np.add.at(matrix, (pcs[:-1], pcs[1:]), 1.0)
+    np.add.at(matrix, (before % PITCH_CLASSES, after % PITCH_CLASSES), 1.0)
     return (matrix / max(matrix.sum(), 1.0)).ravel()
 
 
 def average_pitch_interval(piece: Piece) -> float:
-    return float(np.abs(np.diff(piece.pitch)).mean()) if len(piece) > 1 else 0.0
+    """The mean size of a voice's step from one note to its next, in semitones."""
+    before, after = voice_steps(piece)
+    return float(np.abs(after - before).mean()) if len(before) else 0.0
 
 
 def average_inter_onset_interval(piece: Piece) -> float:
@@ -478,10 +496,10 @@ DESCRIPTIONS = {
     "pitch_count": "How many different pitches a piece uses.",
     "pitch_class_histogram": "How often each of the 12 note names occurs, as shares of the "
     "piece's notes.",
-    "pitch_class_transitions": "How often each note name is followed by each other note name, "
-    "as shares of the piece's steps from note to note.",
-    "average_pitch_interval": "The average size in semitones of the jump from one note to the "
-    "next.",
+    "pitch_class_transitions": "How often each note name is followed by each other note name "
+    "in the same voice (part), as shares of the voices' steps from note to note.",
+    "average_pitch_interval": "The average size in semitones of a voice's jump from one note to "
+    "its next.",
     "average_inter_onset_interval": "The average time in beats from one note or chord starting "
     "to the next one starting.",
     "note_length_histogram": "How often notes of each standard length occur (whole to "

@@ -142,3 +142,22 @@ def test_every_part_figure_is_described() -> None:
         text = mm.DESCRIPTIONS[name]
         assert text[0].isupper() and text.endswith(".") and ". " not in text, name
     assert not set(mm.PART_FIGURES) & set(mm.PIECE_FIGURES)
+
+
+def test_melodic_features_follow_each_voice_of_a_score() -> None:
+    # a soprano and a bass, each moving by step, interleaved in time order: the merged stream
+    # leaps two octaves at every note, the voices never more than two semitones
+    soprano, bass = [72, 74, 76, 77], [48, 47, 45, 43]
+    pitch = np.array([p for pair in zip(soprano, bass, strict=True) for p in pair])
+    start = np.repeat(np.arange(4.0), 2)
+    part = np.tile([0, 1], 4)
+    voiced = mm.Piece(pitch, start, start + 1, part=part)
+    merged = mm.Piece(pitch, start, start + 1)
+    assert mm.average_pitch_interval(voiced) == pytest.approx((2 + 2 + 1 + 1 + 2 + 2) / 6)
+    assert mm.average_pitch_interval(merged) > 20
+    transitions = mm.pitch_class_transitions(voiced).reshape(12, 12)
+    assert transitions[0, 2] > 0 and transitions[0, 0] == 0  # C -> D in the soprano, no C -> C
+    assert transitions.sum() == pytest.approx(1.0)
+    # the shuffled control scatters pitches over the voices: their steps grow
+    shuffled = mm.shuffled(voiced, np.random.default_rng(0))
+    assert mm.average_pitch_interval(shuffled) > 2 * mm.average_pitch_interval(voiced)
