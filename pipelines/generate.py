@@ -22,7 +22,7 @@ from pipelines.config import Config, Generate
 from pipelines.errors import LakhflowError, ParamsError
 from pipelines.generator import NoteSampler, Sampling, load_keras, style_names
 from pipelines.instruments import DRUMS, PART_CLASSES, part_name, part_programs
-from pipelines.midi import FEATURES, Notes, PartTrack, parts_to_midi, seconds_per_unit, tempo_of
+from pipelines.midi import FEATURES, Notes, PartTrack, seconds_per_unit, tempo_of, to_midi
 from pipelines.primers import (
     PRIMER_CANDIDATES,
     Primers,
@@ -394,7 +394,7 @@ def run(cfg: Config, *, renderer: Renderer | None = None) -> dict[str, Any]:
             stem = f"{g.name}-{i:03d}"
             start = piece.starts() * scale
             end = start + piece.duration * scale
-            midi = parts_to_midi(piece.pitch, start, end, piece.velocity, piece.part, tracks, tempo)
+            midi = to_midi(piece, manifest, tempo, tracks)
             midi.write(str(tmp / f"{stem}.mid"))
             piano_roll(
                 piece.pitch,

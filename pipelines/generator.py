@@ -22,6 +22,7 @@ import pandas as pd
 from mlflow.pyfunc import PythonModel
 
 from pipelines.errors import LakhflowError, ParamsError
+from pipelines.instruments import part_name
 from pipelines.midi import FEATURES, Notes, seconds_per_unit, tempo_of
 from pipelines.primers import class_values, pitches_primer, typical_note
 from pipelines.schema import HEADS, INPUT_DTYPES
@@ -36,11 +37,11 @@ log = logging.getLogger(__name__)
 MAX_NOTES_PER_SECOND = 64
 # Notes drawn per graph call when the length is in seconds (checked between calls).
 ROUND_NOTES = 64
-REQUEST_COLUMNS = ("notes", "temperature", "seed", "primer_pitches")
+REQUEST_COLUMNS = ("notes", "temperature", "seed", "primer_pitches", "group")
 # What each piece holds through its generation, [B] each: its style (a conditioned model), and
 # the velocity and part the tutorial's regression heads do not predict (the primer's).
 HELD = ("style", "velocity", "part")
-NOTE_COLUMNS = ("piece", "pitch", "step", "duration", "velocity", "start", "end")
+NOTE_COLUMNS = ("piece", "pitch", "step", "duration", "velocity", "part", "start", "end")
 
 
 # --------------------------------------------------------------------------- settings
@@ -506,10 +507,11 @@ class MusicGenerator(PythonModel):
     """An MLflow pyfunc that writes music: one request row per piece.
 
     Input columns: `notes` (int), `temperature` (float), `seed` (int), `primer_pitches` (str,
-    optional, such as "60 62 64"; without it a piece starts from middle C). Output: the
-    generated notes (`piece`, `pitch`, `step`, `duration`, `velocity` and `start`, `end` in
-    seconds from the primer's first note). `keras_model`, `manifest` and `sampler` are there
-    for callers that want more than the request columns (the generate stage does).
+    optional, such as "60 62 64"; without it a piece starts from middle C), `group` (str,
+    optional: the style of a style-conditioned model). Output: the generated notes (`piece`,
+    `pitch`, `step`, `duration`, `velocity`, `part` (its name, such as piano-1) and `start`,
+    `end` in seconds from the primer's first note). `keras_model`, `manifest` and `sampler` are
+    there for callers that want more than the request columns (the generate stage does).
     """
 
     keras_model: Any = None
@@ -521,6 +523,16 @@ class MusicGenerator(PythonModel):
         self.keras_model = load_keras(Path(context.artifacts["model"]))
         self.sampler = NoteSampler(self.keras_model, self.manifest)
 
+    def style_of(self, group: Any) -> np.ndarray | None:
+        """A request's `group` as the style index [1]; None (no style asked) where it is empty."""
+        if not isinstance(group, str) or not group.strip():
+            return None
+        styles = style_names(self.manifest)
+        if group not in styles:
+            known = ", ".join(styles) if styles else "none: the model has no styles"
+            raise ParamsError(f"group: unknown group {group!r}; the model knows {known}")
+        return np.asarray([styles.index(group)])
+
     def predict(
         self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None
     ) -> pd.DataFrame:
@@ -530,6 +542,7 @@ class MusicGenerator(PythonModel):
             raise LakhflowError(f"request lacks the columns {', '.join(sorted(missing))}")
         tempo = tempo_of(self.manifest)
         scale = seconds_per_unit(self.manifest, tempo)
+        max_rank = int(self.manifest["parts"]["max_rank"])
         frames = []
         rows: list[dict[Any, Any]] = requests.to_dict("records")
         for piece, row in enumerate(rows):
@@ -542,7 +555,10 @@ class MusicGenerator(PythonModel):
             count = int(row["notes"])
             if count < 1:
                 raise ParamsError(f"notes must be >= 1 (got {count})")
-            (notes,) = self.sampler.generate(primer, sampling, rng, notes=count, tempo_bpm=tempo)
+            style = self.style_of(row.get("group"))
+            (notes,) = self.sampler.generate(
+                primer, sampling, rng, notes=count, tempo_bpm=tempo, style=style
+            )
             start = notes.starts() * scale
             new = slice(len(primer), None)
             frames.append(
@@ -553,6 +569,7 @@ class MusicGenerator(PythonModel):
                         "step": notes.step[new].astype(np.float64),
                         "duration": notes.duration[new].astype(np.float64),
                         "velocity": notes.velocity[new].astype(np.int64),
+                        "part": [part_name(int(p), max_rank) for p in notes.part[new]],
                         "start": start[new],
                         "end": start[new] + notes.duration[new] * scale,
                     }

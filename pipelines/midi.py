@@ -474,20 +474,15 @@ def parts_to_midi(
     return midi
 
 
-def to_midi(piece: Notes, manifest: Mapping[str, Any], tempo_bpm: float, program: int) -> Any:
-    """A pretty_midi.PrettyMIDI of one piece on one track; beats are written at `tempo_bpm`."""
+def to_midi(
+    piece: Notes, manifest: Mapping[str, Any], tempo_bpm: float, tracks: Mapping[int, PartTrack]
+) -> Any:
+    """A pretty_midi.PrettyMIDI of one piece, a track per part it plays (`parts_to_midi`);
+    beats are written at `tempo_bpm`."""
     scale = seconds_per_unit(manifest, tempo_bpm)
     starts = piece.starts() * scale
     ends = starts + np.asarray(piece.duration, np.float64) * scale
-    return parts_to_midi(
-        piece.pitch,
-        starts,
-        ends,
-        piece.velocity,
-        np.zeros(len(piece), dtype=np.int64),
-        {0: PartTrack(name="", program=program)},
-        tempo_bpm,
-    )
+    return parts_to_midi(piece.pitch, starts, ends, piece.velocity, piece.part, tracks, tempo_bpm)
 
 
 def _read_instruments(path: Path, time_unit: str) -> list[tuple[Any, np.ndarray, np.ndarray]]:

@@ -115,6 +115,7 @@ def signature() -> Any:
             ColSpec("double", "temperature"),
             ColSpec("long", "seed"),
             ColSpec("string", "primer_pitches", required=False),
+            ColSpec("string", "group", required=False),
         ]
     )
     outputs = Schema(
@@ -124,6 +125,7 @@ def signature() -> Any:
             ColSpec("double", "step"),
             ColSpec("double", "duration"),
             ColSpec("long", "velocity"),
+            ColSpec("string", "part"),
             ColSpec("double", "start"),
             ColSpec("double", "end"),
         ]

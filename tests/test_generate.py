@@ -60,6 +60,11 @@ def pieces(out: Path) -> list[pretty_midi.PrettyMIDI]:
     return [pretty_midi.PrettyMIDI(str(p)) for p in sorted(out.glob("piece-*.mid"))]
 
 
+def all_notes(midi: pretty_midi.PrettyMIDI) -> list[pretty_midi.Note]:
+    """Every part's notes of a piece, by start then pitch."""
+    return sorted((n for i in midi.instruments for n in i.notes), key=lambda n: (n.start, n.pitch))
+
+
 def wav_samples(path: Path) -> tuple[np.ndarray, int]:
     """A 16-bit mono WAV's samples as floats in [-1, 1], and its sample rate."""
     with wave.open(str(path)) as audio:
@@ -97,9 +102,9 @@ def test_pieces_are_midi_with_the_primer_length_and_instrument_asked_for(
     assert manifest["tempo_bpm"] == pytest.approx(shards_manifest["tempo_bpm"])
     test_pitches = [c["pitch"].tolist() for c in dataset.chunks(root / "data" / "shards", "test")]
     for midi, piece in zip(pieces(out), manifest["pieces"], strict=True):
-        (track,) = midi.instruments
-        assert track.program == 40  # violin
-        notes = sorted(track.notes, key=lambda n: (n.start, n.pitch))
+        assert {track.program for track in midi.instruments} == {40}  # violin: every part
+        assert [t.name for t in midi.instruments] == piece["parts"]
+        notes = all_notes(midi)
         assert len(notes) == PRIMER + NOTES == piece["notes"]
         assert midi.get_tempo_changes()[1][0] == pytest.approx(manifest["tempo_bpm"], rel=1e-3)
         primer = piece["primer"]["pitch"]
@@ -236,8 +241,8 @@ def test_the_same_seed_gives_the_same_bytes_in_another_process_and_another_seed_
     assert folder_digests(out) == first
 
     run_stage(project, tmp_path / "c", "generate.wav=false", "generate.seed=1")
-    a = [[n.pitch for n in m.instruments[0].notes] for m in pieces(out)]
-    c = [[n.pitch for n in m.instruments[0].notes] for m in pieces(tmp_path / "c")]
+    a = [[n.pitch for n in all_notes(m)] for m in pieces(out)]
+    c = [[n.pitch for n in all_notes(m)] for m in pieces(tmp_path / "c")]
     assert a != c
 
 
@@ -248,10 +253,9 @@ def test_a_pitch_list_primer_a_length_in_seconds_and_a_program_number(
               "generate.seconds=6", "generate.program=73", "generate.tempo_bpm=90",
               "generate.wav=false")  # fmt: skip
     for midi in pieces(tmp_path / "out"):
-        (track,) = midi.instruments
-        assert track.program == 73
+        assert {track.program for track in midi.instruments} == {73}
         assert midi.get_tempo_changes()[1][0] == pytest.approx(90, rel=1e-3)
-        notes = sorted(track.notes, key=lambda n: (n.start, n.pitch))
+        notes = all_notes(midi)
         assert [n.pitch for n in notes[:5]] == [60, 62, 64, 65, 67]
         onsets = [n.start for n in notes[5:]]
         assert onsets and max(onsets) < notes[4].start + 6.0
@@ -269,7 +273,7 @@ def test_a_midi_file_primer_opens_every_piece_at_its_tempo(project: Path, tmp_pa
     run_stage(project, tmp_path / "out", f"generate.primer_midi={tmp_path / 'primer.mid'}",
               "generate.wav=false")  # fmt: skip
     for midi in pieces(tmp_path / "out"):
-        notes = sorted(midi.instruments[0].notes, key=lambda n: (n.start, n.pitch))
+        notes = all_notes(midi)
         assert [n.pitch for n in notes[:PRIMER]] == pitches[:PRIMER]
         assert [n.velocity for n in notes[:PRIMER]] == [90] * PRIMER
         assert notes[1].start == pytest.approx(0.4, abs=0.01)  # 1 beat at 150 bpm

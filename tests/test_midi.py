@@ -189,7 +189,8 @@ def test_a_written_piece_reads_back_in_beats_and_seconds(tmp_path: Path) -> None
     )  # fmt: skip
     assert piece.starts().tolist() == [0.0, 0.0, 1.5]
     path = tmp_path / "piece.mid"
-    midi.to_midi(piece, {"time_unit": "beats"}, tempo_bpm=120.0, program=0).write(str(path))
+    one = {0: midi.PartTrack("piano-1", 0)}
+    midi.to_midi(piece, {"time_unit": "beats"}, tempo_bpm=120.0, tracks=one).write(str(path))
     pitch, start, end = midi.read_midi_notes(path, "beats")
     # Ordered by start then pitch, whatever order the piece gave them in.
     assert pitch.tolist() == [60, 64, 67]
@@ -259,11 +260,14 @@ def test_a_part_without_a_track_is_refused() -> None:
         midi.parts_to_midi(one * 60, one * 0, one, one * 90, np.array([7]), PARTS, 120.0)
 
 
-def test_to_midi_is_still_one_unnamed_track_on_the_program_given() -> None:
-    piece = midi.Notes(np.array([60, 64]), np.array([0.0, 1.0]), np.array([1.0, 0.0]),
-                       np.array([90, 80]))  # fmt: skip
-    written = midi.to_midi(piece, {"time_unit": "beats"}, tempo_bpm=60.0, program=40)
-    (track,) = written.instruments
-    assert (track.name, track.program, track.is_drum) == ("", 40, False)
-    assert [(n.pitch, n.start) for n in track.notes] == [(60, 0.0), (64, 1.0)]
-    assert track.notes[1].end - track.notes[1].start == pytest.approx(1 / written.resolution)
+def test_to_midi_writes_each_part_on_its_track() -> None:
+    piece = midi.Notes(np.array([60, 64, 48]), np.array([0.0, 1.0, 0.0]),
+                       np.array([1.0, 0.0, 2.0]), np.array([90, 80, 70]),
+                       np.array([0, 0, 3]))  # fmt: skip
+    tracks = {0: midi.PartTrack("piano-1", 40), 3: midi.PartTrack("piano-4", 42)}
+    written = midi.to_midi(piece, {"time_unit": "beats"}, tempo_bpm=60.0, tracks=tracks)
+    high, low = written.instruments
+    assert (high.name, high.program, low.name, low.program) == ("piano-1", 40, "piano-4", 42)
+    assert [(n.pitch, n.start) for n in high.notes] == [(60, 0.0), (64, 1.0)]
+    assert [(n.pitch, n.start, n.end) for n in low.notes] == [(48, 1.0, 3.0)]
+    assert high.notes[1].end - high.notes[1].start == pytest.approx(1 / written.resolution)

@@ -75,7 +75,7 @@ def test_a_midi_primer_is_the_files_first_notes_and_tempo(tmp_path: Path) -> Non
         np.zeros(6, np.int64),
     )
     path = tmp_path / "primer.mid"
-    midi.to_midi(piece, MANIFEST, tempo_bpm=100.0, program=0).write(str(path))
+    midi.to_midi(piece, MANIFEST, 100.0, {0: midi.PartTrack("piano-1", 0)}).write(str(path))
     primer, tempo = primers.midi_primer(path, 4, MANIFEST)
     assert tempo == pytest.approx(100.0)
     assert primer.pitch.tolist() == [60, 64, 67, 72]

@@ -78,13 +78,13 @@ def test_shard_features() -> None:
     assert schema.CHUNK_CONTEXT_FEATURES == {
         "program": "int64",
         "file_id": "bytes",
+        "group": "bytes",
         "track": "int64",
         "offset": "int64",
     }
-    assert schema.HEADS == ("pitch", "step", "duration", "velocity")
-    # a head per note feature the model reads, in order; the model does not read part yet
-    assert schema.HEADS == schema.NOTE_FEATURES
-    assert tuple(schema.CHUNK_NOTE_FEATURES) == (*schema.HEADS, "part")
+    assert schema.HEADS == ("pitch", "step", "duration", "velocity", "part")
+    # a head per note feature the model reads, in order: every feature a chunk's notes carry
+    assert schema.HEADS == schema.NOTE_FEATURES == tuple(schema.CHUNK_NOTE_FEATURES)
     # tf.train.Example's three list kinds, and no name in both the notes and the context
     kinds = {*schema.CHUNK_NOTE_FEATURES.values(), *schema.CHUNK_CONTEXT_FEATURES.values()}
     assert kinds <= {"int64", "float", "bytes"}
