@@ -45,12 +45,19 @@ def style_figures(project: Path, styled: dict, length: int, label_in_turn: bool)
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--project", type=Path, required=True)
-    parser.add_argument("--control", type=Path, required=True)
+    parser.add_argument("--project", type=Path, default=Path())
+    parser.add_argument("--control", type=Path, default=None)
     args = parser.parse_args()
     paths = config.load(args.project).paths
+    if args.control is None or not paths.eval_metrics.exists():
+        # `make bench` runs every benchmark bare: this one needs two projects built first
+        print("style_control: give --project (built with presets/styles.yaml) and --control")
+        return
     styled = storage.read_json(paths.model_manifest)
-    length = int(storage.read_json(paths.eval_metrics)["style"]["eval_notes"])
+    figures = storage.read_json(paths.eval_metrics).get("style")
+    if not figures:
+        raise SystemExit(f"{args.project}: its evaluation has no style figures (train.condition)")
+    length = int(figures["eval_notes"])
     rows = {
         "style-conditioned": style_figures(args.project, styled, length, False),
         "unconditioned (styles in turn)": style_figures(args.control, styled, length, True),

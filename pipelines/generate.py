@@ -180,7 +180,7 @@ def piece_styles(g: Generate, manifest: dict[str, Any], primers: Primers) -> lis
             )
         return [g.group] * len(primers.described)
     # in turn: the styles the model learned from files (`other` may have none)
-    learned = [g["name"] for g in manifest["style"]["groups"] if g["train_files"] > 0] or styles
+    learned = [s["name"] for s in manifest["style"]["groups"] if s["train_files"] > 0] or styles
     return [
         (d["group"] if d["group"] in styles else OTHER_STYLE)
         if "group" in d

@@ -716,7 +716,7 @@ def model_manifest(cfg: Config) -> dict[str, Any]:
     manifest = storage.read_json(cfg.paths.shards_manifest)
     groups = style_groups(cfg.train, manifest)
     files = {g: int(n["train"]) for g, n in (manifest.get("groups") or {}).items()}
-    pooled = sum(n for g, n in files.items() if g not in groups)
+    pooled = sum(n for g, n in files.items() if g == OTHER_STYLE or g not in groups)
     manifest["style"] = {
         "condition": cfg.train.condition if groups else "none",
         "min_group_files": cfg.train.min_group_files,

@@ -311,6 +311,7 @@ def test_a_registered_model_generates_and_gets_the_files(
             2,
             "generate.programs: 'piano-9' names rank 9, but the model's parts have ranks 1-4",
         ),
+        ("generate.group=bach", 2, "generate.group: 'bach', but the model has no styles"),
         ("generate.primer_midi=notes.txt", 1, "notes.txt is not a MIDI file"),
         ("generate.primer_midi=primers", 1, "primers is a folder, not a MIDI file"),
         ("generate.model_uri=models:/lakhflow-lstm@champion", 1, "does not exist"),
