@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -276,6 +278,17 @@ def note_corpus(tmp_path_factory: pytest.TempPathFactory) -> dict:
             "reharmonised": reharmonised, "multi": multi}  # fmt: skip
 
 
+# The part vocabulary of a manifest for unit tests: a chorale's four voices, piano-1 to piano-4.
+FOUR_VOICES = {
+    "max_rank": 4,
+    "size": 68,
+    "vocabulary": [
+        {"index": i, "name": f"piano-{i + 1}", "family": "piano", "rank": i + 1, "program": 0,
+         "notes": 100 - i}
+        for i in range(4)
+    ],
+}  # fmt: skip
+
 # Track mode: the reader's and the stage's tests compare each stream with one track of the notes
 # (score mode has its own project, score_project).
 SEQUENCES_TEST_PARAMS = {"seq_length": 16, "chunk_notes": 40, "min_notes": 20, "shard_mb": 0.004,
@@ -412,3 +425,24 @@ def train_project(dest: Path, shards: Path, **train_params: Any) -> Path:
     root = make_project(dest, {"sequences": SEQUENCES, "train": TINY | train_params})
     shutil.copytree(shards, root / "data" / "shards")
     return root
+
+
+@contextlib.contextmanager
+def mlflow_store(project: Path, template: Path) -> Iterator[str]:
+    """A copy of the template MLflow store in the project, the tracking URI while it is open
+    (MLFLOW_TRACKING_URI as it was afterwards); yields the URI."""
+    import mlflow
+
+    db = project / "test-mlflow.db"
+    shutil.copy2(template, db)
+    uri = f"sqlite:///{db}"
+    old = os.environ.get("MLFLOW_TRACKING_URI")
+    os.environ["MLFLOW_TRACKING_URI"] = uri
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield uri
+    finally:
+        if old is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = old

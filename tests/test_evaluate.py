@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,7 +13,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import another_hash_seed, folder_digests, notes_project, run_cli
+from conftest import another_hash_seed, folder_digests, mlflow_store, notes_project, run_cli
 
 from pipelines import config, evaluate, promote, schema
 from pipelines import music_metrics as mm
@@ -190,7 +189,6 @@ def evaluated(
 ) -> Iterator[tuple[Path, dict]]:
     """Shards of the shared note corpus with a test split, a tiny model trained and sampled
     on them, then evaluated."""
-    import mlflow
 
     from pipelines import generate, sequences, train
 
@@ -200,23 +198,12 @@ def evaluated(
         tmp_path_factory.mktemp("evaluate") / "project", note_corpus, split=split
     )
     sequences.run(config.load(project))
-    db = project / "test-mlflow.db"
-    shutil.copy2(mlflow_template, db)
-    uri = f"sqlite:///{db}"
-    old = os.environ.get("MLFLOW_TRACKING_URI")
-    os.environ["MLFLOW_TRACKING_URI"] = uri
-    mlflow.set_tracking_uri(uri)
-    try:
+    with mlflow_store(project, mlflow_template):
         train.run(config.load(project, TINY_TRAIN))
         generate.run(config.load(project, TINY_GENERATE))
         plant_copy(project)
         result = evaluate.run(config.load(project, TINY_EVALUATE))
         yield project, result
-    finally:
-        if old is None:
-            os.environ.pop("MLFLOW_TRACKING_URI", None)
-        else:
-            os.environ["MLFLOW_TRACKING_URI"] = old
 
 
 def plant_copy(project: Path) -> None:

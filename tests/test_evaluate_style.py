@@ -6,14 +6,20 @@ the whole stage on a score-mode project of two composers' folders with a style-c
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import CHORALES, SEQUENCES_TEST_PARAMS, bach_midi, make_project, write_note_tables
+from conftest import (
+    CHORALES,
+    SEQUENCES_TEST_PARAMS,
+    bach_midi,
+    make_project,
+    mlflow_store,
+    write_note_tables,
+)
 from test_evaluate import TINY_EVALUATE, TINY_GENERATE, TINY_TRAIN
 from test_style import GROUPS, MAKERS, N_PARTS, corpus, transposed
 
@@ -146,7 +152,6 @@ def styled(
 ) -> Iterator[tuple[Path, dict]]:
     """A score-mode project of two folders, bach (chorales) and etude, a tiny style-conditioned
     model trained on it, pieces generated without primers (the styles in turn), evaluated."""
-    import mlflow
 
     from pipelines import generate, sequences, train
 
@@ -158,23 +163,12 @@ def styled(
     project = make_project(root / "project", params)
     write_note_tables(project / "data" / "notes", midis)
     sequences.run(config.load(project))
-    db = project / "test-mlflow.db"
-    shutil.copy2(mlflow_template, db)
-    uri = f"sqlite:///{db}"
-    old = os.environ.get("MLFLOW_TRACKING_URI")
-    os.environ["MLFLOW_TRACKING_URI"] = uri
-    mlflow.set_tracking_uri(uri)
-    try:
+    with mlflow_store(project, mlflow_template):
         train.run(config.load(project, [*TINY_TRAIN, *STYLED_TRAIN]))
         generate.run(config.load(project, [*TINY_GENERATE, "generate.count=6",
                                            "generate.primer_notes=0"]))  # fmt: skip
         result = evaluate.run(config.load(project, [*STYLED_TRAIN, *TINY_EVALUATE]))
         yield project, result
-    finally:
-        if old is None:
-            os.environ.pop("MLFLOW_TRACKING_URI", None)
-        else:
-            os.environ["MLFLOW_TRACKING_URI"] = old
 
 
 @pytest.mark.slow

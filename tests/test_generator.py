@@ -17,7 +17,7 @@ import mlflow
 import numpy as np
 import pytest
 import requests
-from conftest import tool_env
+from conftest import FOUR_VOICES, tool_env
 
 from pipelines.config import Train
 from pipelines.errors import ParamsError
@@ -44,21 +44,7 @@ MANIFEST: dict[str, Any] = {
         "duration": {"edges": [0.4, 0.75, 1.5, 3.0], "values": [0.25, 0.5, 1.0, 2.0, 4.0]},
         "velocity": {"edges": [50.0, 70.0, 90.0], "values": [40.0, 60.0, 80.0, 100.0]},
     },
-    "parts": {
-        "max_rank": 4,
-        "size": 68,
-        "vocabulary": [
-            {
-                "index": i,
-                "name": f"piano-{i + 1}",
-                "family": "piano",
-                "rank": i + 1,
-                "program": 0,
-                "notes": 100 - i,
-            }
-            for i in range(4)
-        ],
-    },
+    "parts": FOUR_VOICES,
 }
 TINY = {"units": 16, "embedding_dim": 4, "layers": 2}
 

@@ -11,6 +11,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import FOUR_VOICES
 
 from pipelines import model as M
 from pipelines.config import Train
@@ -23,21 +24,7 @@ MANIFEST = {
         "duration": {"edges": [0.3, 0.6, 1.5], "values": [0.25, 0.5, 1.0, 2.0]},
         "velocity": {"edges": [50.0, 70.5, 90.0], "values": [40, 60, 80, 100]},
     },
-    "parts": {
-        "max_rank": 4,
-        "size": 68,
-        "vocabulary": [
-            {
-                "index": i,
-                "name": f"piano-{i + 1}",
-                "family": "piano",
-                "rank": i + 1,
-                "program": 0,
-                "notes": 100 - i,
-            }
-            for i in range(4)
-        ],
-    },
+    "parts": FOUR_VOICES,
 }
 
 

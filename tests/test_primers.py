@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from conftest import FOUR_VOICES
 
 from pipelines import midi, primers
 from pipelines.errors import LakhflowError, ParamsError
@@ -20,21 +21,7 @@ MANIFEST: dict[str, Any] = {
         "duration": {"edges": [0.4, 0.75, 1.5, 3.0], "values": [0.25, 0.5, 1.0, 2.0, 4.0]},
         "velocity": {"edges": [50.0, 70.0, 90.0], "values": [40.0, 60.0, 80.0, 100.0]},
     },
-    "parts": {
-        "max_rank": 4,
-        "size": 68,
-        "vocabulary": [
-            {
-                "index": i,
-                "name": f"piano-{i + 1}",
-                "family": "piano",
-                "rank": i + 1,
-                "program": 0,
-                "notes": 100 - i,
-            }
-            for i in range(4)
-        ],
-    },
+    "parts": FOUR_VOICES,
 }
 
 
