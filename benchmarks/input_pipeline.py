@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import importlib.util
+import itertools
 import os
 import shutil
 import time
@@ -94,17 +95,21 @@ def synthetic_notes(total_notes: int, seed: int = 0) -> tuple[pa.Table, pa.Table
 
 
 def prepare(total_notes: int) -> Path:
-    project = CACHE / f"notes-{total_notes}"
+    project = CACHE / f"notes-v2-{total_notes}"
     notes_dir = project / "data" / "notes"
     if not (notes_dir / "files.parquet").exists():
         notes, files = synthetic_notes(total_notes)
         tmp = project / "data" / ".notes-tmp"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
-        part = 2_000_000
-        for i, lo in enumerate(range(0, notes.num_rows, part)):
-            pq.write_table(notes.slice(lo, part), tmp / f"notes-{i:05d}.parquet")
+        # parts of 64 whole files, as the parse stage writes them (a part is a unit of work)
+        ids = notes.column("file_id").to_numpy(zero_copy_only=False)
+        starts = [0, *(np.flatnonzero(ids[1:] != ids[:-1]) + 1).tolist()]
+        cuts = [*starts[::64], len(ids)]
+        for i, (lo, hi) in enumerate(itertools.pairwise(cuts)):
+            pq.write_table(notes.slice(lo, hi - lo), tmp / f"notes-{i:05d}.parquet")
         pq.write_table(files, tmp / "files.parquet")
+        (project / "params.yaml").write_text((ROOT / "params.yaml").read_text())
         tmp.replace(notes_dir)
     return project
 
@@ -180,7 +185,7 @@ def main() -> None:
     stored = sum(x["bytes"] for s in splits.values() for x in s["shards"])
     shards = sum(len(s["shards"]) for s in splits.values())
     print(f"synthetic corpus: {notes:,} selected notes; {shards} shards, {stored / 1e6:.1f} MB")
-    print(f"shard writing (the whole stage, 2 passes): {notes / write_s:,.0f} notes/s")
+    print(f"the whole sequences stage (all cores): {notes / write_s:,.0f} notes/s")
     print(f"bytes on disk per note: {stored / notes:.2f}")
 
     variants = {

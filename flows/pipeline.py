@@ -132,7 +132,7 @@ def repro(
     run_env: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Run one DVC stage (`dvc repro --single-item <stage>`) in the project root; `run_env`
-    says how stages run (LAKHFLOW_PARSE_SCHEDULER), outside what DVC hashes."""
+    says how stages run (LAKHFLOW_SCHEDULER), outside what DVC hashes."""
     cmd = [_dvc(), "repro", "--single-item", stage, *(["--force"] if force else [])]
     started = time.perf_counter()
     code, tail = _stream(cmd, Path(root), limit_s, run_env or {})
@@ -158,14 +158,14 @@ def _retry_unless_params_error(task: Any, task_run: Any, state: Any) -> bool:
 def lakhflow_pipeline(scheduler_address: str | None = None, force: bool = False) -> dict[str, Any]:
     """Run the DVC stages download to promote in order, then report metrics and the model.
 
-    `scheduler_address` (such as tcp://127.0.0.1:8786) runs the parse stage on that Dask
-    cluster: the stages get it as LAKHFLOW_PARSE_SCHEDULER (how a stage runs is not params:
+    `scheduler_address` (such as tcp://127.0.0.1:8786) runs the parse and sequences stages on
+    that Dask cluster: the stages get it as LAKHFLOW_SCHEDULER (how a stage runs is not params:
     params.yaml is never rewritten). `force` reruns every stage even when DVC finds it unchanged.
     """
     cfg = config.load()
     root = cfg.paths.root
     limits = cfg.flows
-    run_env = {config.PARSE_SCHEDULER_ENV: scheduler_address} if scheduler_address else {}
+    run_env = {config.SCHEDULER_ENV: scheduler_address} if scheduler_address else {}
     # a delay that doubles each retry: 1x, 2x, 4x ... retry_delay_s
     delays = [limits.retry_delay_s * 2**i for i in range(limits.download_retries)]
     started = time.perf_counter()

@@ -41,11 +41,12 @@ class Histogram:
         return cls(np.arange(127, dtype=np.float64) + 0.5)
 
     def add(self, values: np.ndarray) -> None:
-        values = values.astype(np.float64)
-        cells = np.searchsorted(self.boundaries, values, side="right")
-        size = len(self.counts)
-        self.counts += np.bincount(cells, minlength=size)
-        self.sums += np.bincount(cells, weights=values, minlength=size)
+        # music repeats its values (steps of 0.5 beat, velocity 80): each distinct one is
+        # placed once, which is what lets this keep up with a stream's notes
+        distinct, counts = np.unique(values.astype(np.float64), return_counts=True)
+        cells = np.searchsorted(self.boundaries, distinct, side="right")
+        np.add.at(self.counts, cells, counts)
+        np.add.at(self.sums, cells, distinct * counts)
 
     def equal_mass_cuts(self, classes: int, first_cell: int = 0) -> list[int]:
         """Cells after which a class ends: each class takes an equal share of the mass still left,

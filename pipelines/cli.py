@@ -33,7 +33,7 @@ from pipelines.stages import STAGES, run_loaded
 log = logging.getLogger("lakhflow")
 
 
-TF_STAGES = {"sequences", "train", "generate", "evaluate", "flow", "serve"}
+TF_STAGES = {"train", "generate", "evaluate", "flow", "serve"}
 
 
 def _quiet_tensorflow() -> None:

@@ -33,6 +33,7 @@ MANIFEST_FILE = "manifest.json"
 # How the parse stage runs, not what it writes: a run takes these from the environment (or -S),
 # so nothing rewrites params.yaml for one run, and DVC, which hashes params, never sees them.
 PARSE_SCHEDULER_ENV = "LAKHFLOW_PARSE_SCHEDULER"  # a Dask scheduler: parse.executor dask there
+SCHEDULER_ENV = "LAKHFLOW_SCHEDULER"  # a Dask scheduler for the parse and sequences stages
 PARSE_WORKERS_ENV = "LAKHFLOW_PARSE_WORKERS"
 # MLflow forbids '/' and ':' in registered model names; '@' and '#', '?', '%' or spaces would
 # also break the models:/NAME@ALIAS URIs that name the champion. 256: the registry's column.
@@ -156,6 +157,10 @@ class Sequences(Section):
     bins: int = Field(16, ge=2, le=256)
     velocity_bins: int = Field(8, ge=1, le=127)
     bin_method: Literal["quantile", "log"] = "quantile"
+    # how it runs, not what it writes (DVC does not rerun for these): as parse's
+    workers: int = Field(0, ge=0, description="worker processes (0: cores)")
+    executor: Literal["local", "dask"] = "local"
+    scheduler_address: str | None = None
 
     @field_validator("split")
     @classmethod
@@ -784,9 +789,16 @@ def load(root: Path | None = None, overrides: list[str] | None = None) -> Config
 
 
 def run_settings(environ: Mapping[str, str]) -> list[str]:
-    """The overrides that LAKHFLOW_PARSE_SCHEDULER and LAKHFLOW_PARSE_WORKERS stand for (an
-    -S override still wins)."""
+    """The overrides that LAKHFLOW_SCHEDULER (parse and sequences on a Dask cluster),
+    LAKHFLOW_PARSE_SCHEDULER (parse only) and LAKHFLOW_PARSE_WORKERS stand for (an -S override
+    still wins)."""
     settings = []
+    if address := environ.get(SCHEDULER_ENV, "").strip():
+        for section in ("parse", "sequences"):
+            settings += [
+                f"{section}.executor=dask",
+                f"{section}.scheduler_address={to_yaml_scalar(address)}",
+            ]
     if address := environ.get(PARSE_SCHEDULER_ENV, "").strip():
         settings += ["parse.executor=dask", f"parse.scheduler_address={to_yaml_scalar(address)}"]
     if workers := environ.get(PARSE_WORKERS_ENV, "").strip():

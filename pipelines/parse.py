@@ -28,7 +28,7 @@ from pipelines.note_histograms import NoteHistograms, program_names
 from pipelines.parse_plots import Plotter
 from pipelines.parts import arrow_column, arrow_strings, write_part
 from pipelines.runstore import Batch, RunBuffer, RunStore, add_batch
-from pipelines.workers import BatchResult, DaskPool, LocalPool, WorkerSettings
+from pipelines.workers import BatchResult, WorkerSettings, open_pool
 
 if TYPE_CHECKING:
     from pipelines.config import Config, Paths
@@ -209,15 +209,7 @@ def parse_all(
     pictures = work / "plots"
     resumed_batches = len(store.part_notes)
     settings = WorkerSettings(NotePartJob(parser), p.timeout_s, p.max_memory_mb)
-    workers = p.workers or os.cpu_count() or 1
-    if p.executor == "dask":
-        if not p.scheduler_address:
-            raise LakhflowError("parse.executor is dask but parse.scheduler_address is not set")
-        dask_pool = DaskPool(p.scheduler_address, settings)
-        workers = max(workers, len(dask_pool.client.scheduler_info().get("workers", {})))
-        pool: LocalPool | DaskPool = dask_pool
-    else:
-        pool = LocalPool(workers, settings)
+    pool, workers = open_pool("parse", p.executor, p.workers, p.scheduler_address, settings)
 
     from tqdm import tqdm
 

@@ -2,13 +2,22 @@
 split and binned.
 
 Reads `data/notes/notes-*.parquet` and `data/notes/files.parquet`; writes `data/shards/`:
-`{train,val,test}-NNNNN-of-MMMMM.tfrecord.gz`, `splits.parquet` and `manifest.json` (CONTRACTS.md).
+`{train,val,test}-NNNNN-of-MMMMM.tfrecord.gz`, `splits.parquet` and `manifest.json` (DESIGN.md).
 Here: reading the note tables, selecting tracks and `run`; how a file's notes become streams
-with parts is in `streams`, split keys in `splits`, the bins in `bins`, the spill and shard
-writer in `shards`. The instrument filters (drums, programs, instrument) choose tracks in both
-modes; the length filters (min_notes, seq_length) apply to the stream: a track in track mode, the
-merged score in score mode, so a short track still plays in its score. The manifest lists the
-parts that occur: name, family, rank, the program most of their notes had, and their notes.
+with parts is in `streams`, split keys in `splits`, the bins in `bins`, the chunk encoding, keyed
+runs and shard writer in `shards`. The instrument filters (drums, programs, instrument) choose
+tracks in both modes; the length filters (min_notes, seq_length) apply to the stream: a track in
+track mode, the merged score in score mode, so a short track still plays in its score. The
+manifest lists the parts that occur: name, family, rank, the program most of their notes had,
+and their notes.
+
+On all cores. The stage passes over the notes twice, a notes part at a time in worker processes
+(`workers.open_pool`: local processes, or a Dask cluster's): pass 1 surveys each file for its
+split key (content hash, tune, shared-run fingerprints, kept on disk), the stage groups the files
+and splits them, pass 2 turns each file into keyed chunks and counts; then local workers write
+shard i of each split from the i-th range of chunk keys. Every merge follows the parts' order and
+every order the chunk keys, so the shards, splits and manifest are the same bytes whatever the
+number of workers or the executor (tests/test_sequences.py builds them in separate processes).
 
 Groups. Every chunk carries its file's folder group (the files table's `group`: a composer for the
 music21 source, an artist or collection folder for a user's own MIDI); the manifest counts each
@@ -20,11 +29,14 @@ from __future__ import annotations
 import itertools
 import json
 import logging
+import os
+import shutil
+import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pyarrow as pa
@@ -37,18 +49,23 @@ from pipelines.config import MANIFEST_FILE, Config, Paths, Sequences
 from pipelines.errors import LakhflowError, ParamsError
 from pipelines.instruments import PART_CLASSES, describe, part_name, select_programs
 from pipelines.shards import (
-    ChunkSpill,
-    chunk_example,
+    ChunkEncoder,
+    Runs,
+    compression_ratio,
+    shard_count,
+    shard_ranges,
     shuffle_key,
-    spill_buckets,
-    spilling,
-    write_shards,
+    write_runs,
+    write_shard,
 )
 from pipelines.splits import (
+    PAIRING_SLICES,
     FileSurvey,
     content_hash,
+    pairs_of,
     shared_run_fingerprints,
-    shared_run_pairs,
+    slice_bounds,
+    slice_pairs,
     split_keys,
     split_of,
     tune_fingerprint,
@@ -61,6 +78,7 @@ from pipelines.streams import (
     track_parts,
     track_slices,
 )
+from pipelines.workers import WorkerSettings, open_pool, run_batches
 
 log = logging.getLogger(__name__)
 
@@ -81,8 +99,11 @@ def note_parts(notes_dir: Path) -> list[Path]:
     return sorted(notes_dir.glob("notes-*.parquet"))
 
 
-def iter_file_notes(parts: list[Path], batch_rows: int = 1 << 16) -> Iterator[tuple[str, Notes]]:
-    """Each file's notes as numpy columns, streaming the parts (memory: one batch plus one file)."""
+def iter_file_notes(
+    parts: Iterable[Path | bytes], batch_rows: int = 1 << 16
+) -> Iterator[tuple[str, Notes]]:
+    """Each file's notes as numpy columns, streaming the parts (memory: one batch plus one file);
+    a part is a path or a Parquet file's bytes."""
     pending_id: str | None = None
     pending: list[Notes] = []
     seen: set[str] = set()
@@ -90,25 +111,29 @@ def iter_file_notes(parts: list[Path], batch_rows: int = 1 << 16) -> Iterator[tu
     def flush() -> tuple[str, Notes]:
         assert pending_id is not None
         seen.add(pending_id)
-        merged = {k: np.concatenate([p[k] for p in pending]) for k in NOTE_COLUMNS[1:]}
-        return pending_id, merged
+        if len(pending) == 1:
+            return pending_id, pending[0]
+        return pending_id, {k: np.concatenate([p[k] for p in pending]) for k in NOTE_COLUMNS[1:]}
 
     for part in parts:
-        for batch in pq.ParquetFile(part).iter_batches(batch_size=batch_rows, columns=NOTE_COLUMNS):
-            ids = batch.column("file_id").to_numpy(zero_copy_only=False)
-            if len(ids) == 0:
+        source = pa.BufferReader(part) if isinstance(part, bytes) else part
+        name = getattr(part, "name", "a notes part")
+        # file ids dictionary-encoded: their runs are found on integer codes, not strings
+        table = pq.ParquetFile(source, read_dictionary=["file_id"])
+        for batch in table.iter_batches(batch_size=batch_rows, columns=NOTE_COLUMNS):
+            if batch.num_rows == 0:
                 continue
+            column = batch.column("file_id")
+            codes, names = column.indices.to_numpy(), column.dictionary.to_pylist()
             cols = {k: batch.column(k).to_numpy(zero_copy_only=False) for k in NOTE_COLUMNS[1:]}
-            cuts = [0, *(np.flatnonzero(ids[1:] != ids[:-1]) + 1).tolist(), len(ids)]
+            cuts = [0, *(np.flatnonzero(codes[1:] != codes[:-1]) + 1).tolist(), len(codes)]
             for lo, hi in itertools.pairwise(cuts):
-                file_id = str(ids[lo])
+                file_id = names[codes[lo]]
                 if file_id != pending_id:
                     if pending_id is not None:
                         yield flush()
                     if file_id in seen:
-                        msg = (
-                            f"{part.name}: notes of file {file_id} are not contiguous (not sorted)"
-                        )
+                        msg = f"{name}: notes of file {file_id} are not contiguous (not sorted)"
                         raise LakhflowError(msg)
                     pending_id, pending = file_id, []
                 pending.append({k: v[lo:hi] for k, v in cols.items()})
@@ -236,15 +261,21 @@ def windows_in(length: int, seq_length: int, stride: int) -> int:
     return max(0, (length - seq_length - 1) // stride + 1)
 
 
-def median_from_counts(counts: np.ndarray, resolution: float) -> float:
-    total = counts.sum()
+def median_from_counts(counts: Counter[int], resolution: float) -> float:
+    """The median cell of counts per cell, times the cell's width (120 with no counts)."""
+    total = sum(counts.values())
     if total == 0:
         return 120.0
-    cell = int(np.searchsorted(np.cumsum(counts), (total + 1) / 2))
-    return round(cell * resolution, 2)
+    cells = sorted(counts)
+    acc = np.cumsum([counts[c] for c in cells])
+    return round(cells[int(np.searchsorted(acc, (total + 1) / 2))] * resolution, 2)
 
 
 # ---------------------------------------------------------------- the stage
+
+PART_TIMEOUT_S = 3600.0  # a notes part (or a shard) in a worker: seconds at most; an hour, a hang
+WORKER_MEMORY_MB = 4096  # a worker's address space: one part's chunks, or one shard's
+SAMPLE_BYTES = 4 << 20  # of train chunks, compressed to size the shards
 
 
 @dataclass
@@ -256,6 +287,11 @@ class SplitTotals:
     notes: int = 0
     windows: int = 0
 
+    def merge(self, other: SplitTotals) -> None:
+        self.files |= other.files
+        for name in ("streams", "tracks", "chunks", "notes", "windows"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
 
 @dataclass
 class Corpus:
@@ -264,22 +300,23 @@ class Corpus:
     file_ids: list[str]  # sorted
     groups: dict[str, str]  # file_id -> its folder group, "" where it has none
     parts: list[Path]  # the notes-*.parquet tables, in the order they are streamed
-    notes: int  # the notes the files table counts for them: what sizes the spill
 
 
 @dataclass
 class Tally:
     """What pass 2 counts: per-split totals, the train split's histograms, tempi, programs,
-    parts (each part's notes per program) and groups (each group's files per split)."""
+    parts (each part's notes per program), groups (each group's files per split) and what the
+    filters let through. A worker counts its part; the stage merges them in part order."""
 
     totals: dict[str, SplitTotals]
     step: Histogram
     duration: Histogram
     velocity: Histogram
-    tempo_counts: np.ndarray  # 0.01 bpm cells up to 1000 bpm
+    tempo: Counter[int]  # notes per 0.01 bpm cell
     programs: Counter[int]
     parts: dict[int, Counter[int]]
     groups: dict[str, Counter[str]]
+    kept: Counter[str] = field(default_factory=Counter)
 
     @classmethod
     def start(cls, p: Sequences) -> Tally:
@@ -288,40 +325,78 @@ class Tally:
             step=Histogram.for_range(p.max_step),
             duration=Histogram.for_range(p.max_duration),
             velocity=Histogram.for_velocity(),
-            tempo_counts=np.zeros(100_001, dtype=np.int64),
+            tempo=Counter(),
             programs=Counter(),
             parts={},
             groups={},
         )
 
+    def merge(self, other: Tally) -> None:
+        for name, totals in other.totals.items():
+            self.totals[name].merge(totals)
+        for mine, theirs in ((self.step, other.step), (self.duration, other.duration),
+                             (self.velocity, other.velocity)):  # fmt: skip
+            mine.counts += theirs.counts
+            mine.sums += theirs.sums
+        self.tempo.update(other.tempo)
+        self.programs.update(other.programs)
+        for part, by_program in other.parts.items():
+            self.parts.setdefault(part, Counter()).update(by_program)
+        for group, by_split in other.groups.items():
+            self.groups.setdefault(group, Counter()).update(by_split)
+        self.kept.update(other.kept)
+
 
 def run(cfg: Config) -> dict[str, Any]:
-    """survey -> split keys -> chunks spilled, counted and binned -> shards, splits, manifest."""
+    """survey -> split keys -> chunks counted, binned and keyed -> shards, splits, manifest.
+
+    Each pass runs on a notes part at a time in worker processes (sequences.workers; or a Dask
+    cluster's, sequences.executor), so the stage keeps all cores busy; whatever their number,
+    every output byte is the same."""
     p = cfg.sequences
+    started = time.perf_counter()
     selection = select_tracks(p)
     corpus = read_corpus(cfg.paths)
+    # scratch for the passes' outputs, emptied before and after: nothing here is resumed
+    work = storage.work_dir(cfg.paths.work, "sequences", {"format": 2})
+    for folder in ("survey", "runs"):
+        shutil.rmtree(work / folder, ignore_errors=True)
+        (work / folder).mkdir(parents=True)
+    seconds: dict[str, float] = {}
+    clock = time.perf_counter()
 
-    # Pass 1: split keys and the corpus' programs, before any note is binned or written.
-    survey, program_notes, n_tracks = survey_files(
-        corpus.parts, set(corpus.file_ids), selection, p.shared_run
-    )
-    run_pairs = shared_run_pairs(corpus.file_ids, survey)
-    keys = split_keys(corpus.file_ids, corpus.groups, survey, p.split_by, run_pairs)
-    grouping = split_grouping(keys, run_pairs)
-    del survey  # the fingerprints: the largest thing pass 1 holds
-    splits = {f: split_of(keys[f], p.seed, p.split) for f in corpus.file_ids}
-    if p.instrument == "most_common" and program_notes:
-        selection.only_program = most_common(program_notes)
+    def lap(name: str) -> None:
+        nonlocal clock
+        seconds[name] = round(time.perf_counter() - clock, 3)
+        clock = time.perf_counter()
 
-    # Pass 2: features, chunks (spilled per split), train-only histograms for the bins.
-    work = storage.work_dir(cfg.paths.work, "sequences", {"params": p.model_dump(mode="json")})
-    with spilling(work / "spill", spill_buckets(corpus.notes)) as spill:
-        tally = spill_chunks(corpus, splits, selection, p, spill)
-        spill.close()  # every bucket complete on disk before it is read back
-        check_windows(tally, selection, n_tracks, keys, corpus)
+    try:
+        # Pass 1: split keys and the corpus' programs, before any note is binned or written.
+        units = part_units(corpus.parts)
+        survey = survey_parts(p, units, set(corpus.file_ids), work / "survey")
+        lap("survey")
+        run_pairs = pair_files(survey, corpus.file_ids)
+        keys = split_keys(corpus.file_ids, corpus.groups, survey.files, p.split_by, run_pairs)
+        grouping = split_grouping(keys, run_pairs)
+        lap("grouping")
+        splits = {f: split_of(keys[f], p.seed, p.split) for f in corpus.file_ids}
+        only_program = None
+        if p.instrument == "most_common" and survey.programs:
+            only_program = most_common(survey.programs)
+
+        # Pass 2: features and chunks keyed per split, train-only histograms for the bins.
+        files = {f: (splits[f], corpus.groups.get(f, "")) for f in corpus.file_ids}
+        tally, runs = chunk_parts(p, units, survey, files, only_program, work / "runs")
+        lap("chunks")
+        selection.only_program, selection.kept = only_program, tally.kept
+        check_windows(tally, selection, survey.tracks, keys, corpus)
         bins = make_bins(tally.step, tally.duration, tally.velocity, p)
-        manifest = write_shard_dir(cfg, spill, corpus, keys, splits, bins, tally, grouping)
-    return summarise(manifest, cfg.paths.shards)
+        manifest = write_shard_dir(cfg, runs, corpus, keys, splits, bins, tally, grouping)
+        lap("shards")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    seconds["total"] = round(time.perf_counter() - started, 3)
+    return summarise(manifest, cfg.paths.shards, seconds)
 
 
 def select_tracks(p: Sequences) -> Selection:
@@ -341,37 +416,229 @@ def read_corpus(paths: Paths) -> Corpus:
     parts = note_parts(notes_dir)
     if not parts:
         raise LakhflowError(f"no notes-*.parquet in {notes_dir}; run `lakhflow parse` first")
-    notes = sum(int(f["n_notes"] or 0) for f in files if f["status"] == "ok")
-    return Corpus(ok_files, groups, parts, notes)
+    return Corpus(ok_files, groups, parts)
+
+
+# ---------------------------------------------------------------- the passes, in workers
+
+
+def part_units(parts: list[Path]) -> list[list[Path]]:
+    """The parts in units of work: consecutive parts that one file spans (a streaming writer may
+    cut a file's notes across parts; parse never does) are one unit, read by one worker."""
+    units: list[list[Path]] = []
+    last: str | None = None
+    for part in parts:
+        table = pq.ParquetFile(part, read_dictionary=["file_id"])
+        groups = [i for i in range(table.num_row_groups) if table.metadata.row_group(i).num_rows]
+        if not groups:
+            continue
+        first = table.read_row_group(groups[0], columns=["file_id"]).column(0)[0].as_py()
+        if units and first == last:
+            units[-1].append(part)
+        else:
+            units.append([part])
+        last = table.read_row_group(groups[-1], columns=["file_id"]).column(0)[-1].as_py()
+    return units
+
+
+def run_pass(
+    p: Sequences, items: Iterable[tuple[tuple[Any, ...], Path]], names: list[str], desc: str
+) -> Iterator[tuple[int, Any]]:
+    """SequencesJob on every item (a batch of one), on the stage's pool: (index, summary) as
+    each finishes, with a progress bar. The shards are written by local workers whatever
+    sequences.executor says (they read the keyed runs on this disk). A lost item ends the stage:
+    the note tables were checked by parse, so a worker dying here is a bug or the machine."""
+    settings = WorkerSettings(SequencesJob(p), PART_TIMEOUT_S, WORKER_MEMORY_MB)
+    executor = "local" if desc == "shards" else p.executor
+    pool, n = open_pool("sequences", executor, p.workers, p.scheduler_address, settings)
+    batches = (([item], path) for item, path in items)
+    bar = tqdm(total=len(names), desc=desc, unit=" batches", disable=None, leave=False)
+    try:
+        for index, result in run_batches(pool, batches, 2 * n):
+            for outcome in result.outcomes:
+                if outcome[0] != "ok":
+                    raise LakhflowError(f"the sequences stage lost {names[index]}: {outcome[-1]}")
+            bar.update(1)
+            yield index, result.summary
+    finally:
+        bar.close()
+        pool.close()
+
+
+def sources(unit: list[Path], remote: bool) -> list[str | bytes]:
+    """A unit's parts as paths, or as bytes for a cluster that may not share this disk."""
+    return [part.read_bytes() if remote else str(part) for part in unit]
+
+
+def unit_name(unit: list[Path]) -> str:
+    return unit[0].name if len(unit) == 1 else f"{unit[0].name}..{unit[-1].name}"
+
+
+@dataclass(frozen=True)
+class SequencesJob:
+    """The stage's work in a worker process (workers.BatchJob), one item a batch:
+    ("survey", parts) -> pass 1's arrays file; ("chunks", parts, files, only_program) -> the
+    keyed runs of the parts' chunks, and their Tally; ("shard", split, lo, hi, runs) -> a shard.
+    One job for the three passes: the worker processes live through the stage."""
+
+    p: Sequences
+
+    stage: ClassVar[str] = "sequences"
+    doing: ClassVar[str] = "its work on a notes part"
+    process: ClassVar[str] = "sequences worker"
+
+    def prepare(self) -> None:
+        import google_crc32c  # noqa: F401  (before the memory limit)
+        import pyarrow.parquet  # noqa: F401
+        from isal import igzip  # noqa: F401
+
+    def run(self, path: str, items: list[tuple[Any, ...]], answer: Callable[[tuple], None]) -> Any:
+        ((index, kind, *args),) = items
+        tmp = Path(f"{path}.{os.getpid()}.tmp")
+        summary: Any = None
+        if kind == "survey":
+            (parts,) = args
+            meta, arrays = survey_part(parts_of(parts), select_tracks(self.p), self.p.shared_run)
+            storage.write_arrays(tmp, meta, arrays)
+        elif kind == "chunks":
+            parts, files, only_program = args
+            keyed, summary = chunk_part(self.p, parts_of(parts), files, only_program)
+            write_runs(tmp, keyed)
+        else:
+            split, lo, hi, runs = args
+            summary = write_shard(tmp, [Path(r) for r in runs], split, lo, hi)
+        tmp.replace(path)
+        answer((index, "ok"))
+        return summary
+
+    def empty(self, path: str) -> Any:
+        return None
+
+
+def parts_of(parts: list[str | bytes]) -> list[Path | bytes]:
+    return [part if isinstance(part, bytes) else Path(part) for part in parts]
+
+
+# ---------------------------------------------------------------- pass 1: the survey
+
+
+@dataclass
+class Survey:
+    """Pass 1's findings: each file's survey (its fingerprints stay on disk, in `paths`), the
+    files of each part, the notes per program of eligible tracks and the tracks."""
+
+    files: dict[str, FileSurvey]
+    part_files: list[list[str]]
+    paths: list[Path]
+    programs: Counter[int]
+    tracks: int
+
+
+def survey_file(
+    notes: Notes, selection: Selection, shared_run: int, programs: Counter[int]
+) -> tuple[FileSurvey, int]:
+    """A file's content hash, tune and shared-run fingerprints (of its pitched tracks, selected
+    or not: a leak is a leak whatever the filters keep), and its tracks; the notes per program
+    of its eligible tracks (in score mode every track the instrument filters let through) are
+    added to `programs`."""
+    slices = track_slices(notes)
+    melodies = [notes["pitch"][rows] for _, rows in slices if not notes["is_drum"][rows.start]]
+    info = FileSurvey(
+        content_hash(notes), tune_fingerprint(notes), shared_run_fingerprints(melodies, shared_run)
+    )
+    for _, rows in slices:
+        program, drum = int(notes["program"][rows.start]), bool(notes["is_drum"][rows.start])
+        n = rows.stop - rows.start
+        if selection.plays(program, drum) and (selection.score or selection.long_enough(n)):
+            programs[program] += n
+    return info, len(slices)
+
+
+def survey_part(
+    parts: list[Path | bytes], selection: Selection, shared_run: int
+) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """A unit of parts' survey: its files (id, content hash, tune) in the parts' order, their
+    fingerprints sorted by (hash, file) with the file's place in the part, the programs and
+    the tracks."""
+    rows: list[list[Any]] = []
+    hashes: list[np.ndarray] = [np.empty(0, np.uint64)]
+    owners: list[np.ndarray] = [np.empty(0, np.uint32)]
+    programs: Counter[int] = Counter()
+    tracks = 0
+    for file_id, notes in iter_file_notes(parts):
+        info, n_tracks = survey_file(notes, selection, shared_run, programs)
+        hashes.append(info.runs)
+        owners.append(np.full(len(info.runs), len(rows), np.uint32))
+        rows.append([file_id, info.content, info.tune])
+        tracks += n_tracks
+    h, o = np.concatenate(hashes), np.concatenate(owners)
+    order = np.lexsort((o, h))
+    meta = {"files": rows, "programs": {str(q): n for q, n in programs.items()}, "tracks": tracks}
+    return meta, {"hashes": h[order], "owners": o[order]}
+
+
+def survey_parts(p: Sequences, units: list[list[Path]], ok: set[str], folder: Path) -> Survey:
+    """Pass 1 over every unit of parts, in workers; what the stage keeps of it (the
+    fingerprints stay on disk)."""
+    remote = p.executor == "dask"
+    paths = [folder / f"{i:05d}.arrays" for i in range(len(units))]
+    items = ((("survey", sources(u, remote)), path) for u, path in zip(units, paths, strict=True))
+    names = [unit_name(u) for u in units]
+    for _ in run_pass(p, items, names, "survey"):
+        pass
+    survey = Survey({}, [], paths, Counter(), 0)
+    where: dict[str, str] = {}
+    for path, name in zip(paths, names, strict=True):
+        meta, _ = storage.read_arrays(path)
+        survey.part_files.append([row[0] for row in meta["files"]])
+        for file_id, content, tune in meta["files"]:
+            if file_id in where:
+                raise LakhflowError(
+                    f"the notes of file {file_id} are in {where[file_id]} and in {name}, with "
+                    "other files' between: a file's notes must be contiguous"
+                )
+            where[file_id] = name
+            if file_id in ok:
+                survey.files[file_id] = FileSurvey(content, tune)
+        survey.programs.update({int(q): n for q, n in meta["programs"].items()})
+        survey.tracks += meta["tracks"]
+    return survey
+
+
+def pair_files(survey: Survey, file_ids: list[str]) -> list[tuple[str, str]]:
+    """splits.shared_run_pairs from the parts' fingerprint files, one slice of the fingerprint
+    range at a time: memory for a slice of them, not all."""
+    index = {f: i for i, f in enumerate(file_ids)}
+    parts = []
+    for path, files in zip(survey.paths, survey.part_files, strict=True):
+        _, arrays = storage.read_arrays(path)
+        places = np.array([index.get(f, -1) for f in files] or [0], dtype=np.int64)
+        cuts = np.r_[0, np.searchsorted(arrays["hashes"], slice_bounds()), len(arrays["hashes"])]
+        parts.append((arrays["hashes"], arrays["owners"], places, cuts))
+    found = []
+    for s in range(PAIRING_SLICES):
+        hashes, owners = [np.empty(0, np.uint64)], [np.empty(0, np.int64)]
+        for h, o, places, cuts in parts:
+            mine = places[o[cuts[s] : cuts[s + 1]]]
+            ok = mine >= 0
+            hashes.append(np.asarray(h[cuts[s] : cuts[s + 1]])[ok])
+            owners.append(mine[ok])
+        found.append(slice_pairs(np.concatenate(hashes), np.concatenate(owners)))
+    return pairs_of(found, file_ids)
 
 
 def survey_files(
     parts: list[Path], ok: set[str], selection: Selection, shared_run: int
 ) -> tuple[dict[str, FileSurvey], Counter[int], int]:
-    """Pass 1: each file's content hash, tune and shared-run fingerprints (of its pitched tracks,
-    selected or not: a leak is a leak whatever the filters keep), and the notes per program of
-    eligible tracks (in score mode every track the instrument filters let through)."""
+    """Pass 1 in this process, fingerprints in memory: each ok file's survey, the notes per
+    program of eligible tracks and the tracks (for a look at a few files, as tests take)."""
     survey: dict[str, FileSurvey] = {}
     programs: Counter[int] = Counter()
     tracks = 0
-    for file_id, notes in tqdm(
-        iter_file_notes(parts), desc="survey", unit=" files", disable=None, leave=False
-    ):
-        if file_id not in ok:
-            continue
-        slices = track_slices(notes)
-        melodies = [notes["pitch"][rows] for _, rows in slices if not notes["is_drum"][rows.start]]
-        survey[file_id] = FileSurvey(
-            content_hash(notes),
-            tune_fingerprint(notes),
-            shared_run_fingerprints(melodies, shared_run),
-        )
-        for _, rows in slices:
-            tracks += 1
-            program, drum = int(notes["program"][rows.start]), bool(notes["is_drum"][rows.start])
-            n = rows.stop - rows.start
-            if selection.plays(program, drum) and (selection.score or selection.long_enough(n)):
-                programs[program] += n
+    for file_id, notes in iter_file_notes(parts):
+        if file_id in ok:
+            survey[file_id], n_tracks = survey_file(notes, selection, shared_run, programs)
+            tracks += n_tracks
     return survey, programs, tracks
 
 
@@ -392,31 +659,62 @@ def most_common(programs: Counter[int]) -> int:
     return min(programs, key=lambda q: (-programs[q], q))
 
 
-def spill_chunks(
-    corpus: Corpus,
-    splits: dict[str, str],
-    selection: Selection,
+# ---------------------------------------------------------------- pass 2: chunks
+
+
+def chunk_parts(
     p: Sequences,
-    spill: ChunkSpill,
-) -> Tally:
-    """Pass 2: every stream's chunks into its split's spill, and the stream counted."""
+    units: list[list[Path]],
+    survey: Survey,
+    files: dict[str, tuple[str, str]],
+    only_program: int | None,
+    folder: Path,
+) -> tuple[Tally, list[Path]]:
+    """Pass 2 over every unit, in workers (`files`: each file's split and group): the merged
+    Tally (merged in unit order, so float sums are the same whatever order workers finish in)
+    and the keyed-runs files."""
+    remote = p.executor == "dask"
+    paths = [folder / f"{i:05d}.arrays" for i in range(len(units))]
+    items = (
+        (("chunks", sources(u, remote), {f: files[f] for f in mine if f in files}, only_program),
+         path)
+        for u, mine, path in zip(units, survey.part_files, paths, strict=True)
+    )  # fmt: skip
     tally = Tally.start(p)
-    selection.kept.clear()
-    ok = set(corpus.file_ids)
-    for file_id, notes in tqdm(
-        iter_file_notes(corpus.parts), desc="sequences", unit=" files", disable=None
-    ):
-        if file_id not in ok:
+    waiting: dict[int, Tally] = {}
+    merged = 0
+    for index, part_tally in run_pass(p, items, [unit_name(u) for u in units], "sequences"):
+        waiting[index] = part_tally
+        while merged in waiting:
+            tally.merge(waiting.pop(merged))
+            merged += 1
+    return tally, paths
+
+
+def chunk_part(
+    p: Sequences,
+    parts: list[Path | bytes],
+    files: dict[str, tuple[str, str]],
+    only_program: int | None,
+) -> tuple[dict[str, list[tuple[int, bytes]]], Tally]:
+    """Pass 2 on a unit of parts: each split's keyed chunks, and their Tally."""
+    tally = Tally.start(p)
+    selection = select_tracks(p)
+    selection.only_program = only_program
+    keyed: dict[str, list[tuple[int, bytes]]] = {name: [] for name in schema.SPLIT_NAMES}
+    for file_id, notes in iter_file_notes(parts):
+        if file_id not in files:
             continue
+        split, group = files[file_id]
         for stream in file_streams(notes, selection, p):
-            group = corpus.groups.get(file_id, "")
-            add_stream(tally, spill, p, splits[file_id], file_id, notes, stream, group)
-    return tally
+            add_stream(tally, keyed[split], p, split, file_id, notes, stream, group)
+    tally.kept = selection.kept
+    return keyed, tally
 
 
 def add_stream(
     tally: Tally,
-    spill: ChunkSpill,
+    keyed: list[tuple[int, bytes]],
     p: Sequences,
     split: str,
     file_id: str,
@@ -424,7 +722,7 @@ def add_stream(
     stream: Stream,
     group: str = "",
 ) -> None:
-    """One stream: its chunks into the spill, its counts and tempi, and (train) bins."""
+    """One stream: its keyed chunks, its counts and tempi, and (train) bins."""
     n = len(stream)
     total = tally.totals[split]
     features = stream_features(notes, stream, p)
@@ -432,10 +730,11 @@ def add_stream(
     notes_by_program = counts_of(programs)
     # a score's chunks carry the program most of its notes have (a track's: its own)
     program = most_common(notes_by_program)
+    encoder = ChunkEncoder(features, program, file_id, stream.track, group)
     for lo in chunk_starts(n, p.chunk_notes, p.seq_length):
         hi = min(n, lo + p.chunk_notes)
-        record = chunk_example(features, lo, hi, program, file_id, stream.track, group)
-        spill.add(split, shuffle_key(p.seed, file_id, stream.track, lo), record)
+        record = encoder.chunk(lo, hi)
+        keyed.append((shuffle_key(p.seed, file_id, stream.track, lo), record))
         total.chunks += 1
         total.windows += windows_in(hi - lo, p.seq_length, p.stride)
     if file_id not in total.files:
@@ -448,7 +747,7 @@ def add_stream(
     for key, n_notes in counts_of(stream.part * instruments.N_PROGRAMS + programs).items():
         part, q = divmod(key, instruments.N_PROGRAMS)
         tally.parts.setdefault(part, Counter())[q] += n_notes
-    tally.tempo_counts += tempo_cells(notes, stream.rows, len(tally.tempo_counts))
+    tally.tempo.update(tempo_cells(notes, stream.rows))
     if split == "train":
         tally.step.add(features["step"])
         tally.duration.add(features["duration"])
@@ -462,14 +761,17 @@ def counts_of(values: np.ndarray) -> Counter[int]:
     return Counter(dict(zip(found.tolist(), counts[found].tolist(), strict=True)))
 
 
-def tempo_cells(notes: Notes, rows: np.ndarray, cells: int) -> np.ndarray:
+TEMPO_CELLS = 100_001  # 0.01 bpm cells up to 1000 bpm
+
+
+def tempo_cells(notes: Notes, rows: np.ndarray) -> Counter[int]:
     """How many of the stream's notes play at each tempo (0.01 bpm cells): beats over seconds."""
     seconds = (notes["end"][rows] - notes["start"][rows]).astype(np.float64)
     beats = (notes["end_beat"][rows] - notes["start_beat"][rows]).astype(np.float64)
     timed = seconds > 1e-3
     bpm = 60.0 * beats[timed] / seconds[timed]
-    index = np.clip(np.round(bpm * 100), 0, cells - 1).astype(np.int64)
-    return np.bincount(index, minlength=cells)
+    index = np.clip(np.round(bpm * 100), 0, TEMPO_CELLS - 1).astype(np.int64)
+    return counts_of(index)
 
 
 def check_windows(
@@ -486,9 +788,58 @@ def check_windows(
         raise LakhflowError(msg)
 
 
+# ---------------------------------------------------------------- pass 3: shards
+
+
+def write_split_shards(
+    p: Sequences, runs: list[Path], out: Path, shard_bytes: int
+) -> dict[str, list[dict]]:
+    """Every split's shards, side by side in local workers: shard i of n holds the i-th of n
+    equal ranges of the key space; n sizes them near shard_bytes, compressed, from the records'
+    bytes and a sample's compression. Named once written, as `<split>-i-of-n.tfrecord.gz`."""
+    readers = [Runs(path) for path in runs]
+    sizes = {
+        split: sum(r.summary.get(split, {}).get("bytes", 0) for r in readers)
+        for split in schema.SPLIT_NAMES
+    }
+    sample: list[bytes] = []
+    for reader in readers:  # the first train chunks, by key, of the first units
+        if sum(map(len, sample)) >= SAMPLE_BYTES:
+            break
+        sample += reader.sample("train", SAMPLE_BYTES - sum(map(len, sample)))
+    ratio = compression_ratio(sample)
+    del readers, sample
+    plan = [
+        (split, i, lo, hi)
+        for split in schema.SPLIT_NAMES
+        if sizes[split]
+        for i, (lo, hi) in enumerate(shard_ranges(shard_count(sizes[split], ratio, shard_bytes)))
+    ]
+    partials = [out / f".{split}-{i:05d}.partial" for split, i, _, _ in plan]
+    listed = [str(path) for path in runs]
+    items = (
+        (("shard", split, lo, hi, listed), path)
+        for (split, _, lo, hi), path in zip(plan, partials, strict=True)
+    )
+    names = [f"{split} shard {i}" for split, i, _, _ in plan]
+    written = dict(run_pass(p, items, names, "shards"))
+    shards: dict[str, list[dict]] = {split: [] for split in schema.SPLIT_NAMES}
+    for index, ((split, _, _, _), partial) in enumerate(zip(plan, partials, strict=True)):
+        if written[index]["chunks"]:
+            shards[split].append({"partial": partial, **written[index]})
+        else:
+            partial.unlink()  # a key range no chunk fell in (a split of a few chunks)
+    for split, entries in shards.items():
+        for i, entry in enumerate(entries):
+            final = out / f"{split}-{i:05d}-of-{len(entries):05d}.tfrecord.gz"
+            entry.pop("partial").replace(final)
+            entries[i] = {"name": final.name, **entry}
+    return shards
+
+
 def write_shard_dir(
     cfg: Config,
-    spill: ChunkSpill,
+    runs: list[Path],
     corpus: Corpus,
     keys: dict[str, str],
     splits: dict[str, str],
@@ -499,11 +850,7 @@ def write_shard_dir(
     """Publish the shards, splits.parquet and manifest.json together (atomically); the manifest."""
     p = cfg.sequences
     with storage.atomic_dir(cfg.paths.shards, "sequences") as out:
-        shard_bytes = int(p.shard_mb * (1 << 20))
-        split_shards = {
-            name: write_shards(spill.shuffled(name), out, name, shard_bytes)
-            for name in schema.SPLIT_NAMES
-        }
+        split_shards = write_split_shards(p, runs, out, int(p.shard_mb * (1 << 20)))
         table = pa.table(
             {
                 "file_id": corpus.file_ids,
@@ -513,9 +860,7 @@ def write_shard_dir(
             schema=schema.SPLITS,
         )
         pq.write_table(table, out / cfg.paths.splits.name)
-        manifest = build_manifest(
-            cfg, bins, tally.programs, tally.tempo_counts, tally.totals, split_shards
-        )
+        manifest = build_manifest(cfg, bins, tally, split_shards)
         manifest["parts"] = part_vocabulary(tally.parts, p.max_part_rank)
         # each folder group's files per split ("" for files in no folder): what train.condition
         # turns into the style vocabulary
@@ -531,12 +876,11 @@ def write_shard_dir(
 def build_manifest(
     cfg: Config,
     bins: dict[str, dict[str, list[float]]],
-    programs: Counter[int],
-    tempo_counts: np.ndarray,
-    totals: dict[str, SplitTotals],
+    tally: Tally,
     shards: dict[str, list[dict]],
 ) -> dict[str, Any]:
     p = cfg.sequences
+    programs, totals = tally.programs, tally.totals
     window = [p.seq_length + 1]
     return {
         "source": cfg.download.source,
@@ -561,7 +905,7 @@ def build_manifest(
             "most_common": most_common(programs),
             "counts": {str(q): programs[q] for q in sorted(programs)},
         },
-        "tempo_bpm": median_from_counts(tempo_counts, 0.01),
+        "tempo_bpm": median_from_counts(tally.tempo, 0.01),
         "splits": {
             name: {
                 "files": len(t.files),
@@ -597,8 +941,10 @@ def part_vocabulary(parts: dict[int, Counter[int]], max_rank: int) -> dict[str, 
     }
 
 
-def summarise(manifest: dict[str, Any], shard_dir: Path) -> dict[str, Any]:
-    """The stage's metrics and its last log line."""
+def summarise(
+    manifest: dict[str, Any], shard_dir: Path, seconds: dict[str, float]
+) -> dict[str, Any]:
+    """The stage's metrics and its last log line; `seconds`: each pass's and the total."""
     splits = manifest["splits"]
     grouping = manifest["grouping"]
     metrics: dict[str, Any] = {
@@ -609,15 +955,21 @@ def summarise(manifest: dict[str, Any], shard_dir: Path) -> dict[str, Any]:
         for k in ("files", "chunks", "notes", "windows"):
             metrics[f"{name}_{k}"] = s[k]
         metrics[f"{name}_shard_bytes"] = sum(x["bytes"] for x in s["shards"])
+    notes = sum(s["notes"] for s in splits.values())
+    metrics["seconds"] = seconds["total"]
+    metrics["notes_per_s"] = round(notes / max(seconds["total"], 1e-9))
+    metrics |= {f"{name}_seconds": s for name, s in seconds.items() if name != "total"}
     counts = ", ".join(f"{n} {splits[n]['windows']:,}" for n in schema.SPLIT_NAMES)
     log.info(
-        "Wrote %d shards (%.1f MB) to %s: windows of %d notes at stride %d: %s; "
-        "%d split keys over %d files (largest group %d files, %d files grouped by shared "
-        "runs); %s mode, %d parts; most common program %s; "
-        "tempo %.1f bpm.",
+        "Wrote %d shards (%.1f MB) to %s in %.1f s (%s notes/s): windows of %d notes at stride "
+        "%d: %s; %d split keys over %d files (largest group %d files, %d files grouped by "
+        "shared runs); %s mode, %d parts; most common program %s; tempo %.1f bpm. "
+        "Seconds: %s.",
         sum(len(s["shards"]) for s in splits.values()),
         sum(metrics[f"{n}_shard_bytes"] for n in schema.SPLIT_NAMES) / 1e6,
         shard_dir,
+        seconds["total"],
+        f"{metrics['notes_per_s']:,}",
         manifest["seq_length"] + 1,
         manifest["stride"],
         counts,
@@ -629,5 +981,6 @@ def summarise(manifest: dict[str, Any], shard_dir: Path) -> dict[str, Any]:
         len(manifest["parts"]["vocabulary"]),
         describe(manifest["programs"]["most_common"]),
         manifest["tempo_bpm"],
+        ", ".join(f"{name} {s:.1f}" for name, s in seconds.items() if name != "total"),
     )
     return metrics

@@ -37,7 +37,7 @@ KGRAM = 16  # at most 16: kgram_hashes packs a k-gram into 16 bytes
 # figure) or that repeats a figure of at most MAX_FIGURE intervals (an ostinato, an Alberti bass,
 # an arpeggiated chord) is music any two pieces may share, so it is never kept: see
 # low_information for what the chorales showed.
-MIN_DISTINCT_INTERVALS = 3
+MIN_DISTINCT_INTERVALS = 3  # low_information tests it as: all are the min or the max
 MAX_FIGURE = 4
 # shared_run_pairs sorts the fingerprints 2**PAIRING_SLICE_BITS slices at a time: on Lakh
 # (an estimated 1e8 fingerprints, 28 bytes each while sorted) a slice's sort holds some 200 MB
@@ -51,10 +51,11 @@ def content_hash(notes: Notes) -> str:
     """The file's notes, whatever its bytes: onset and length to the millisecond, pitch, drum."""
     start = np.round(notes["start"].astype(np.float64) * 1000).astype(np.int64)
     length = np.round((notes["end"] - notes["start"]).astype(np.float64) * 1000).astype(np.int64)
-    rows = np.stack(
-        [start, notes["pitch"].astype(np.int64), length, notes["is_drum"].astype(np.int64)]
-    )
-    order = np.lexsort(rows[::-1])
+    pitch, drum = notes["pitch"].astype(np.int64), notes["is_drum"].astype(np.int64)
+    rows = np.stack([start, pitch, length, drum])
+    # sorted by start, pitch, length, drum: the last three packed in one key (pitch < 2**7,
+    # a length under 2**40 ms), so the sort has two keys, not four
+    order = np.lexsort(((pitch << 41) | (np.clip(length, 0, (1 << 40) - 1) << 1) | drum, start))
     return hashlib.sha256(np.ascontiguousarray(rows[:, order]).tobytes()).hexdigest()[:20]
 
 
@@ -139,10 +140,10 @@ def low_information(intervals: np.ndarray, k: int) -> np.ndarray:
     Figures repeating within 4 intervals are 4 of the chorales' 80,605 distinct 16-grams, so
     skipping them costs the chorales nothing; they are what pop and rock accompaniments share.
     """
-    wide = intervals.astype(np.int64)  # numpy sorts 64-bit rows ten times faster than bytes
-    ordered = np.sort(sliding_window_view(wide, k), axis=1)
-    distinct = 1 + np.count_nonzero(np.diff(ordered, axis=1), axis=1)
-    low = distinct < MIN_DISTINCT_INTERVALS
+    wide = intervals.astype(np.int64)
+    grams = sliding_window_view(intervals, k)  # int8: a sixteenth of int64's memory traffic
+    # fewer than 3 distinct intervals: every one is the k-gram's smallest or its largest
+    low = ((grams == grams.min(axis=1)[:, None]) | (grams == grams.max(axis=1)[:, None])).all(1)
     for figure in range(1, min(MAX_FIGURE, k - 1) + 1):
         # periodic with this figure: each of the k-gram's last k - figure intervals repeats the
         # one `figure` before it; counted over the whole track with one cumulative sum
@@ -214,29 +215,39 @@ def shared_run_pairs(file_ids: list[str], survey: dict[str, FileSurvey]) -> list
     slice is a cut of each), so the sort's 28 bytes per fingerprint are paid on a slice only.
     """
     runs = [survey[f].runs if f in survey else np.empty(0, np.uint64) for f in file_ids]
-    bounds = np.arange(1, PAIRING_SLICES, dtype=np.uint64) << np.uint64(64 - PAIRING_SLICE_BITS)
-    cuts = [np.r_[0, np.searchsorted(r, bounds), len(r)] for r in runs]
-    found = [
-        slice_pairs([r[c[s] : c[s + 1]] for r, c in zip(runs, cuts, strict=True)])
-        for s in range(PAIRING_SLICES)
-    ]
-    pairs = np.unique(np.concatenate(found))
-    low = np.uint64(0xFFFFFFFF)
-    return [(file_ids[int(p >> np.uint64(32))], file_ids[int(p & low)]) for p in pairs]
+    cuts = [np.r_[0, np.searchsorted(r, slice_bounds()), len(r)] for r in runs]
+    found = []
+    for s in range(PAIRING_SLICES):
+        pieces = [r[c[s] : c[s + 1]] for r, c in zip(runs, cuts, strict=True)]
+        hashes = np.concatenate([np.empty(0, np.uint64), *pieces])
+        owners = np.repeat(np.arange(len(runs), dtype=np.int64), [len(x) for x in pieces])
+        found.append(slice_pairs(hashes, owners))
+    return pairs_of(found, file_ids)
 
 
-def slice_pairs(runs: list[np.ndarray]) -> np.ndarray:
-    """shared_run_pairs on one slice: (first file << 32 | other file) for each link, once."""
-    hashes = np.concatenate([np.empty(0, np.uint64), *runs])
-    owners = np.repeat(np.arange(len(runs), dtype=np.uint32), [len(r) for r in runs])
-    order = np.argsort(hashes, kind="stable")  # stable: the first holder is the first file
-    hashes, owners = hashes[order], owners[order]
+def slice_bounds() -> np.ndarray:
+    """Where the fingerprint range's PAIRING_SLICES slices meet (PAIRING_SLICES - 1 bounds)."""
+    return np.arange(1, PAIRING_SLICES, dtype=np.uint64) << np.uint64(64 - PAIRING_SLICE_BITS)
+
+
+def slice_pairs(hashes: np.ndarray, owners: np.ndarray) -> np.ndarray:
+    """Links on one slice: (first file << 32 | other file) for each, once; `owners` are the
+    fingerprints' files, as indices in file order (a file's fingerprints are unique)."""
+    order = np.lexsort((owners, hashes))  # by hash, then file: the first holder comes first
+    hashes, owners = hashes[order], owners[order].astype(np.uint64)
     del order
     opens = np.ones(len(hashes), bool)  # the first of each run of equal fingerprints
     opens[1:] = hashes[1:] != hashes[:-1]
     first = owners[opens][np.cumsum(opens) - 1]
-    linked = first != owners  # a file's own fingerprints are unique, so this is another file
-    return np.unique((first[linked].astype(np.uint64) << np.uint64(32)) | owners[linked])
+    linked = first != owners
+    return np.unique((first[linked] << np.uint64(32)) | owners[linked])
+
+
+def pairs_of(found: list[np.ndarray], file_ids: list[str]) -> list[tuple[str, str]]:
+    """slice_pairs' links of every slice as (file id, file id) pairs, each once, in order."""
+    pairs = np.unique(np.concatenate([np.empty(0, np.uint64), *found]))
+    low = np.uint64(0xFFFFFFFF)
+    return [(file_ids[int(p >> np.uint64(32))], file_ids[int(p & low)]) for p in pairs]
 
 
 def split_keys(

@@ -257,3 +257,48 @@ def link_or_copy(src: Path, dest: Path) -> None:
         dest.hardlink_to(src)
     except OSError:
         shutil.copyfile(src, dest)
+
+
+# --------------------------------------------------------------------------- arrays files
+
+_ARRAYS_MAGIC = b"LKARRAYS1\n"
+
+
+def write_arrays(path: Path, meta: Any, arrays: dict[str, Any]) -> None:
+    """A JSON value and named numpy arrays in one file, each array readable on its own without
+    loading the rest (`read_arrays` maps them). Written in place: callers write a temporary."""
+    import numpy as np
+
+    index: dict[str, list[Any]] = {}
+    pos = 0
+    for name, array in arrays.items():
+        a = np.ascontiguousarray(array)
+        index[name] = [a.dtype.str, len(a), pos]
+        pos += a.nbytes + (-a.nbytes % 8)
+    text = json.dumps({"meta": meta, "arrays": index}, sort_keys=True).encode()
+    text += b" " * (-(len(_ARRAYS_MAGIC) + 8 + len(text)) % 8)
+    with open(path, "wb") as f:
+        f.write(_ARRAYS_MAGIC + len(text).to_bytes(8, "little") + text)
+        for array in arrays.values():
+            data = np.ascontiguousarray(array).tobytes()
+            f.write(data + b"\0" * (-len(data) % 8))
+
+
+def read_arrays(path: Path) -> tuple[Any, dict[str, Any]]:
+    """What `write_arrays` wrote: the JSON value, and each array memory-mapped (read-only)."""
+    import numpy as np
+
+    with open(path, "rb") as f:
+        head = f.read(len(_ARRAYS_MAGIC) + 8)
+        if head[: len(_ARRAYS_MAGIC)] != _ARRAYS_MAGIC:
+            raise LakhflowError(f"{path} is not an arrays file (a damaged work file?)")
+        header = json.loads(f.read(int.from_bytes(head[len(_ARRAYS_MAGIC) :], "little")))
+        base = f.tell()
+    arrays = {}
+    for name, (dtype, count, offset) in header["arrays"].items():
+        arrays[name] = (
+            np.memmap(path, dtype=dtype, mode="r", offset=base + offset, shape=(count,))
+            if count
+            else np.empty(0, dtype)
+        )
+    return header["meta"], arrays

@@ -22,7 +22,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor
 from concurrent.futures import wait as wait_futures
 from dataclasses import dataclass
@@ -451,6 +451,8 @@ class LocalPool:
 class DaskPool:
     """Batches to a Dask cluster; each Dask worker thread drives its own worker process."""
 
+    remote = True
+
     def __init__(self, address: str, settings: WorkerSettings) -> None:
         from distributed import Client
 
@@ -471,3 +473,49 @@ class DaskPool:
 
     def close(self) -> None:
         self.client.close()
+
+
+Pool = LocalPool | DaskPool
+
+
+def open_pool(
+    section: str, executor: str, workers: int, address: str | None, settings: WorkerSettings
+) -> tuple[Pool, int]:
+    """The pool a stage's `<section>.executor` names, and how many batches it runs at once:
+    `workers` local processes (0: one per core), or a Dask cluster's worker threads."""
+    n = workers or os.cpu_count() or 1
+    if executor != "dask":
+        return LocalPool(n, settings), n
+    if not address:
+        raise LakhflowError(
+            f"{section}.executor is dask but {section}.scheduler_address is not set"
+        )
+    pool = DaskPool(address, settings)
+    return pool, max(n, len(pool.client.scheduler_info().get("workers", {})))
+
+
+def run_batches(
+    pool: Pool, batches: Iterable[tuple[list[tuple[Any, ...]], Path]], in_flight: int
+) -> Iterator[tuple[int, BatchResult]]:
+    """Each (items, output path) batch through the pool, at most `in_flight` at a time:
+    (its index, its result) as each finishes. A remote pool's output is written to its path."""
+    from pipelines import storage
+
+    running: dict[Any, tuple[int, Path]] = {}
+
+    def finished() -> Iterator[tuple[int, BatchResult]]:
+        for future in pool.wait(set(running)):
+            index, path = running.pop(future)
+            result: BatchResult = future.result()
+            if result.data is not None:
+                with storage.atomic_path(path) as tmp:
+                    tmp.write_bytes(result.data)
+                result.data = None
+            yield index, result
+
+    for index, (items, path) in enumerate(batches):
+        while len(running) >= in_flight:
+            yield from finished()
+        running[pool.submit(items, path)] = (index, path)
+    while running:
+        yield from finished()

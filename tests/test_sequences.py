@@ -3,6 +3,7 @@ byte-identical shards."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import shutil
 from collections import defaultdict
@@ -601,3 +602,64 @@ def test_dvc_repro_after_a_params_change_reruns_sequences_and_later_only(
     assert "Running stage 'parse'" not in second
     manifest = json.loads((project / "data" / "model" / "manifest.json").read_text())
     assert manifest["seed"] == 24
+
+
+def recut_notes(source: Path, dest: Path, files_per_part: int) -> int:
+    """The note tables of `source` cut as parse writes them: a part per few files, no file cut
+    across parts; returns the number of parts."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    dest.mkdir(parents=True)
+    shutil.copy2(source / "files.parquet", dest / "files.parquet")
+    notes = pa.concat_tables(pq.read_table(p) for p in sequences.note_parts(source))
+    ids = notes.column("file_id").to_numpy(zero_copy_only=False)
+    starts = [0, *(np.flatnonzero(ids[1:] != ids[:-1]) + 1).tolist(), len(ids)]
+    cuts = sorted({*starts[::files_per_part], len(ids)})
+    for k, (lo, hi) in enumerate(itertools.pairwise(cuts)):
+        pq.write_table(notes.slice(lo, hi - lo), dest / f"notes-{k:05d}.parquet")
+    return len(cuts) - 1
+
+
+@pytest.mark.slow
+def test_shards_are_the_same_bytes_with_one_or_two_workers_and_on_a_dask_cluster(
+    tmp_path: Path, shards_project: Path
+) -> None:
+    """The stage's work is cut by notes part across worker processes (or a Dask cluster's): in
+    separate processes, 1 and 2 workers write every file byte for byte alike, and so does a
+    real LocalCluster. Cut otherwise (the fixture's tables cut files across parts, so its units
+    of work differ), the same chunks land in the same shards."""
+    from distributed import LocalCluster
+
+    projects = {}
+    for run in ("1", "2", "dask"):
+        project = make_project(tmp_path / run, {"sequences": SEQUENCES_TEST_PARAMS})
+        parts = recut_notes(shards_project / "data" / "notes", project / "data" / "notes", 2)
+        projects[run] = project
+    assert parts > 4
+    for workers in ("1", "2"):
+        done = run_cli(
+            ["lakhflow", "sequences", "-S", f"sequences.workers={workers}"],
+            projects[workers],
+            PYTHONHASHSEED=another_hash_seed(),
+        )
+        assert done.returncode == 0, done.stderr
+    with LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
+        host="127.0.0.1",
+    ) as cluster:  # fmt: skip
+        address = cluster.scheduler_address
+        sequences.run(
+            config.load(
+                projects["dask"],
+                ["sequences.executor=dask", f"sequences.scheduler_address={address}"],
+            )
+        )
+    digests = {
+        run: folder_digests(project / "data" / "shards") for run, project in projects.items()
+    }
+    assert sum(name.endswith(".tfrecord.gz") for name in digests["1"]) > 2
+    assert digests["1"] == digests["2"] == digests["dask"]
+    fixture = folder_digests(shards_project / "data" / "shards")
+    records = {k: v for k, v in digests["1"].items() if k.endswith((".gz", ".parquet"))}
+    assert records == {k: v for k, v in fixture.items() if k in records}

@@ -1,4 +1,5 @@
-"""Shards: chunk examples, the on-disk spill's shuffle, and the shard writer."""
+"""Shards: chunk examples written without TensorFlow, TFRecord framing, keyed runs and shards cut
+from key ranges."""
 
 from __future__ import annotations
 
@@ -8,89 +9,131 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipelines import shards
+from pipelines import schema, shards
 
 
-def test_the_spill_gives_each_split_in_key_order_whatever_order_chunks_came_in(
-    tmp_path: Path,
-) -> None:
-    records = [
-        (shards.shuffle_key(7, "file", 0, offset), b"chunk%d" % offset) for offset in range(200)
-    ]
-    orders = []
-    for n, order in enumerate((records, records[::-1])):
-        spill = shards.ChunkSpill(tmp_path / str(n), buckets=3)
-        spill.folder.mkdir()
-        for key, record in order:
-            spill.add("train", key, record)
-        spill.add("val", 5, b"the val chunk")
-        spill.close()
-        orders.append(list(spill.shuffled("train")))
-        assert list(spill.shuffled("val")) == [b"the val chunk"]
-        assert list(spill.shuffled("test")) == []
-    assert orders[0] == orders[1]
-    assert sorted(orders[0]) == sorted(r for _, r in records)
-    by_bucket = sorted(records, key=lambda kr: (kr[0] % 3, kr[0]))
-    assert orders[0] == [r for _, r in by_bucket]
-
-
-def test_spilling_starts_empty_and_leaves_nothing_behind(tmp_path: Path) -> None:
-    folder = tmp_path / "spill"
-    folder.mkdir()
-    (folder / "train-00000.spill").write_bytes(b"from a killed run")
-    with pytest.raises(RuntimeError), shards.spilling(folder, 2) as spill:
-        assert list(spill.shuffled("train")) == []
-        spill.add("train", 1, b"x")
-        raise RuntimeError
-    assert not folder.exists()
-    assert shards.spill_buckets(0) == 1
-    assert shards.spill_buckets(shards.SPILL_BUCKET_BYTES // shards.SPILL_BYTES_PER_NOTE + 1) == 2
-
-
-def test_chunk_example_holds_the_chunk_and_is_the_same_bytes_every_time() -> None:
+def tensorflow_example(features: dict, lo: int, hi: int, context: dict) -> bytes:
+    """The chunk as TensorFlow's own protos serialize it (the bytes chunk_example must write)."""
     from tensorflow.core.example import example_pb2
 
-    features = {
-        "pitch": np.arange(60, 70),
-        "step": np.linspace(0, 1, 10, dtype=np.float32),
-        "duration": np.full(10, 0.5, np.float32),
-        "velocity": np.arange(10) + 80,
-        "part": np.array([0, 1, 2, 3] * 2 + [24, 24]),
-    }
-    data = shards.chunk_example(features, 2, 6, 48, "abc", 3)
-    assert data == shards.chunk_example(features, 2, 6, 48, "abc", 3)
+    example = example_pb2.Example()
+    feature = example.features.feature
+    lists = {"int64": "int64_list", "float": "float_list", "bytes": "bytes_list"}
+    for name, kind in schema.CHUNK_NOTE_FEATURES.items():
+        getattr(feature[name], lists[kind]).value.extend(features[name][lo:hi].tolist())
+    for name, kind in schema.CHUNK_CONTEXT_FEATURES.items():
+        getattr(feature[name], lists[kind]).value.extend([context[name]])
+    return example.SerializeToString(deterministic=True)
+
+
+def test_chunk_examples_are_the_bytes_tensorflow_writes() -> None:
+    """Random chunks (large and negative values, empty and long groups, float64 steps) encode
+    byte for byte as TensorFlow's deterministic serialization, which also reads them back."""
+    from tensorflow.core.example import example_pb2
+
+    rng = np.random.default_rng(1)
+    for _ in range(200):
+        n = int(rng.integers(1, 700))
+        features = {
+            "pitch": rng.integers(0, 128, n),
+            "step": rng.random(n) * 4,
+            "duration": (rng.random(n) * 8).astype(np.float32),
+            "velocity": rng.integers(0, 128, n),
+            "part": rng.integers(0, 300, n),  # past 127: two-byte varints
+        }
+        lo = int(rng.integers(0, n))
+        hi = int(rng.integers(lo + 1, n + 1))
+        group = str(rng.choice(["", "bach", "x" * 200]))
+        track = int(rng.choice([schema.SCORE_TRACK, 0, 5, 300]))
+        program = int(rng.integers(0, 128))
+        data = shards.chunk_example(features, lo, hi, program, "f" * 32, track, group)
+        context = {"program": program, "file_id": b"f" * 32, "group": group.encode(),
+                   "track": track, "offset": lo}  # fmt: skip
+        assert data == tensorflow_example(features, lo, hi, context)
     feature = example_pb2.Example.FromString(data).features.feature
-    assert list(feature["pitch"].int64_list.value) == [62, 63, 64, 65]
-    assert list(feature["step"].float_list.value) == pytest.approx(features["step"][2:6])
-    assert list(feature["velocity"].int64_list.value) == [82, 83, 84, 85]
-    assert list(feature["part"].int64_list.value) == [2, 3, 0, 1]
-    assert feature["program"].int64_list.value[0] == 48
-    assert feature["file_id"].bytes_list.value[0] == b"abc"
-    assert (feature["track"].int64_list.value[0], feature["offset"].int64_list.value[0]) == (3, 2)
+    assert list(feature["pitch"].int64_list.value) == features["pitch"][lo:hi].tolist()
+    assert feature["track"].int64_list.value[0] == track
 
 
-def test_shards_are_cut_near_shard_bytes_and_named_by_their_count(tmp_path: Path) -> None:
+def test_tfrecords_read_back_with_tensorflow_and_their_bytes_follow_the_records(
+    tmp_path: Path,
+) -> None:
     import tensorflow as tf
 
     rng = np.random.default_rng(0)
-    records = [rng.bytes(4096) for _ in range(60)]  # random: gzip cannot shrink them
-    written = shards.write_shards(iter(records), tmp_path, "train", 64 << 10)
-    count = len(written)
-    assert count > 2
-    assert [s["name"] for s in written] == [
-        f"train-{i:05d}-of-{count:05d}.tfrecord.gz" for i in range(count)
+    records = [rng.bytes(int(rng.integers(0, 5000))) for _ in range(300)]
+    assert shards.write_tfrecords(tmp_path / "a.gz", records) == len(records)
+    shards.write_tfrecords(tmp_path / "b.gz", iter(records))
+    assert (tmp_path / "a.gz").read_bytes() == (tmp_path / "b.gz").read_bytes()
+    read = tf.data.TFRecordDataset(str(tmp_path / "a.gz"), compression_type="GZIP")
+    assert [r.numpy() for r in read] == records
+    assert shards.write_tfrecords(tmp_path / "none.gz", []) == 0
+    assert list(tf.data.TFRecordDataset(str(tmp_path / "none.gz"), compression_type="GZIP")) == []
+
+
+def keyed(rng: np.random.Generator, n: int) -> list[tuple[int, bytes]]:
+    return [
+        (int(rng.integers(0, 2**63)) * 2, rng.bytes(int(rng.integers(1, 300)))) for _ in range(n)
     ]
-    assert sum(s["chunks"] for s in written) == len(records)
-    assert all(s["bytes"] >= 64 << 10 for s in written[:-1])  # closed once over shard_bytes
-    assert sorted(p.name for p in tmp_path.iterdir()) == [s["name"] for s in written]
-    read: list[bytes] = []
-    for s in written:
-        path = tmp_path / s["name"]
-        assert s["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
-        assert s["bytes"] == path.stat().st_size
-        shard = tf.data.TFRecordDataset(str(path), compression_type="GZIP")
-        got = [r.numpy() for r in shard]
-        assert len(got) == s["chunks"]
-        read += got
-    assert read == records
-    assert shards.write_shards(iter([]), tmp_path / "none", "val", 1 << 20) == []
+
+
+def test_shards_from_key_ranges_are_the_same_bytes_however_the_runs_were_cut(
+    tmp_path: Path,
+) -> None:
+    """A split's records spread over 1 or 3 runs files (what 1 or 3 workers write) give the same
+    shards; shard i holds the i-th key range, in key order; together they hold every record."""
+    rng = np.random.default_rng(3)
+    train, val = keyed(rng, 400), keyed(rng, 30)
+    layouts = {1: [slice(0, None)], 3: [slice(0, 100), slice(100, 101), slice(101, None)]}
+    digests = {}
+    for workers, cuts in layouts.items():
+        runs = []
+        for i, cut in enumerate(cuts):
+            path = tmp_path / f"{workers}-{i}.arrays"
+            summary = shards.write_runs(path, {"train": train[cut], "val": val[cut], "test": []})
+            assert summary["train"]["count"] == len(train[cut])
+            runs.append(path)
+        ranges = shards.shard_ranges(4)
+        got = []
+        for i, (lo, hi) in enumerate(ranges):
+            shard = tmp_path / f"{workers}-train-{i}.gz"
+            info = shards.write_shard(shard, runs, "train", lo, hi)
+            assert info["sha256"] == hashlib.sha256(shard.read_bytes()).hexdigest()
+            in_range = sorted((k, r) for k, r in train if lo <= k < hi)
+            assert info["chunks"] == len(in_range)
+            got += [r for _, r in in_range]
+            digests.setdefault(i, set()).add(info["sha256"])
+        assert got == [r for _, r in sorted(train)]
+        assert shards.write_shard(tmp_path / "t.gz", runs, "test", 0, 1 << 64)["chunks"] == 0
+    assert all(len(d) == 1 for d in digests.values())
+    assert ranges[0][0] == 0 and ranges[-1][1] == 1 << 64
+
+
+def test_runs_sample_takes_the_first_records_by_key(tmp_path: Path) -> None:
+    rng = np.random.default_rng(4)
+    records = keyed(rng, 50)
+    shards.write_runs(tmp_path / "r.arrays", {"train": records})
+    runs = shards.Runs(tmp_path / "r.arrays")
+    ordered = [r for _, r in sorted(records)]
+    sample = runs.sample("train", 1000)
+    assert sample == ordered[: len(sample)]
+    assert sum(map(len, sample[:-1])) < 1000 <= sum(map(len, sample))
+    assert runs.sample("val", 1000) == []
+    assert runs.sample("train", 10**9) == ordered
+
+
+@pytest.mark.parametrize(
+    ("size", "ratio", "shard", "count"),
+    [(0, 0.3, 100, 1), (1000, 0.3, 100, 3), (1000, 1.0, 100, 10), (10, 0.3, 1 << 20, 1)],
+)
+def test_shard_count_sizes_shards_near_the_target(
+    size: int, ratio: float, shard: int, count: int
+) -> None:
+    assert shards.shard_count(size, ratio, shard) == count
+
+
+def test_compression_ratio_is_measured_on_the_sample() -> None:
+    rng = np.random.default_rng(5)
+    assert shards.compression_ratio([rng.bytes(50_000)]) > 0.95  # random bytes do not shrink
+    assert shards.compression_ratio([b"\x00" * 50_000]) == 0.05  # the floor
+    assert shards.compression_ratio([]) == 1.0

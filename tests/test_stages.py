@@ -19,7 +19,11 @@ PACKAGES = ("pipelines", "flows")
 # the user's errors, atomic writes and locks, where MLflow lives, and how a stage is run.
 INFRASTRUCTURE = {"config", "errors", "storage", "tracking", "stages"}
 # Params that say how a stage runs, not what it writes; DVC must not rerun a stage for them.
-HOW_IT_RUNS = {"parse.workers", "parse.executor", "parse.scheduler_address", "download.workers"}
+HOW_IT_RUNS = {"download.workers"} | {
+    f"{section}.{key}"
+    for section in ("parse", "sequences")
+    for key in ("workers", "executor", "scheduler_address")
+}
 SECTIONS = {name: field.annotation for name, field in config.Params.model_fields.items()}
 SECTION_OF_CLASS = {cls.__name__: name for name, cls in SECTIONS.items() if cls is not None}
 KEYS = {name: set(cls.model_fields) for name, cls in SECTIONS.items() if cls is not None}
@@ -159,6 +163,12 @@ def test_how_a_stage_runs_comes_from_the_environment_not_params_yaml(tmp_path: P
     assert config.run_settings({config.PARSE_SCHEDULER_ENV: "tcp://127.0.0.1:9"}) == [
         "parse.executor=dask",
         "parse.scheduler_address=tcp://127.0.0.1:9",
+    ]
+    assert config.run_settings({config.SCHEDULER_ENV: "tcp://127.0.0.1:9"}) == [
+        "parse.executor=dask",
+        "parse.scheduler_address=tcp://127.0.0.1:9",
+        "sequences.executor=dask",
+        "sequences.scheduler_address=tcp://127.0.0.1:9",
     ]
     assert cfg.parse.executor == "local"
     raw = root / "data" / "raw"
