@@ -78,7 +78,7 @@ from pipelines.streams import (
     track_parts,
     track_slices,
 )
-from pipelines.workers import WorkerSettings, open_pool, run_batches
+from pipelines.workers import Pool, WorkerSettings, open_pool, run_batches
 
 log = logging.getLogger(__name__)
 
@@ -370,10 +370,11 @@ def run(cfg: Config) -> dict[str, Any]:
         seconds[name] = round(time.perf_counter() - clock, 3)
         clock = time.perf_counter()
 
+    pools = Pools(p)
     try:
         # Pass 1: split keys and the corpus' programs, before any note is binned or written.
         units = part_units(corpus.parts)
-        survey = survey_parts(p, units, set(corpus.file_ids), work / "survey")
+        survey = survey_parts(pools, units, set(corpus.file_ids), work / "survey")
         lap("survey")
         run_pairs = pair_files(survey, corpus.file_ids)
         keys = split_keys(corpus.file_ids, corpus.groups, survey.files, p.split_by, run_pairs)
@@ -386,14 +387,15 @@ def run(cfg: Config) -> dict[str, Any]:
 
         # Pass 2: features and chunks keyed per split, train-only histograms for the bins.
         files = {f: (splits[f], corpus.groups.get(f, "")) for f in corpus.file_ids}
-        tally, runs = chunk_parts(p, units, survey, files, only_program, work / "runs")
+        tally, runs = chunk_parts(pools, units, survey, files, only_program, work / "runs")
         lap("chunks")
         selection.only_program, selection.kept = only_program, tally.kept
         check_windows(tally, selection, survey.tracks, keys, corpus)
         bins = make_bins(tally.step, tally.duration, tally.velocity, p)
-        manifest = write_shard_dir(cfg, runs, corpus, keys, splits, bins, tally, grouping)
+        manifest = write_shard_dir(cfg, pools, runs, corpus, keys, splits, bins, tally, grouping)
         lap("shards")
     finally:
+        pools.close()
         shutil.rmtree(work, ignore_errors=True)
     seconds["total"] = round(time.perf_counter() - started, 3)
     return summarise(manifest, cfg.paths.shards, seconds)
@@ -441,16 +443,40 @@ def part_units(parts: list[Path]) -> list[list[Path]]:
     return units
 
 
+class Pools:
+    """The stage's worker pools, opened on first use and kept through its passes (a worker
+    process outlives a pass): `sequences.executor`'s for the passes over the notes, local
+    processes for the shards (they read the keyed runs on this disk)."""
+
+    def __init__(self, p: Sequences) -> None:
+        self.p = p
+        self.settings = WorkerSettings(SequencesJob(p), PART_TIMEOUT_S, WORKER_MEMORY_MB)
+        self.opened: dict[str, tuple[Pool, int]] = {}
+
+    def get(self, executor: str) -> tuple[Pool, int]:
+        if executor not in self.opened:
+            p = self.p
+            self.opened[executor] = open_pool(
+                "sequences", executor, p.workers, p.scheduler_address, self.settings
+            )
+        return self.opened[executor]
+
+    def close(self) -> None:
+        for pool, _ in self.opened.values():
+            pool.close()
+
+
 def run_pass(
-    p: Sequences, items: Iterable[tuple[tuple[Any, ...], Path]], names: list[str], desc: str
+    pools: Pools,
+    items: Iterable[tuple[tuple[Any, ...], Path]],
+    names: list[str],
+    desc: str,
+    executor: str,
 ) -> Iterator[tuple[int, Any]]:
-    """SequencesJob on every item (a batch of one), on the stage's pool: (index, summary) as
-    each finishes, with a progress bar. The shards are written by local workers whatever
-    sequences.executor says (they read the keyed runs on this disk). A lost item ends the stage:
-    the note tables were checked by parse, so a worker dying here is a bug or the machine."""
-    settings = WorkerSettings(SequencesJob(p), PART_TIMEOUT_S, WORKER_MEMORY_MB)
-    executor = "local" if desc == "shards" else p.executor
-    pool, n = open_pool("sequences", executor, p.workers, p.scheduler_address, settings)
+    """SequencesJob on every item (a batch of one): (index, summary) as each finishes, with a
+    progress bar. A lost item ends the stage: the note tables were checked by parse, so a worker
+    dying here is a bug or the machine."""
+    pool, n = pools.get(executor)
     batches = (([item], path) for item, path in items)
     bar = tqdm(total=len(names), desc=desc, unit=" batches", disable=None, leave=False)
     try:
@@ -462,7 +488,6 @@ def run_pass(
             yield index, result.summary
     finally:
         bar.close()
-        pool.close()
 
 
 def sources(unit: list[Path], remote: bool) -> list[str | bytes]:
@@ -577,14 +602,15 @@ def survey_part(
     return meta, {"hashes": h[order], "owners": o[order]}
 
 
-def survey_parts(p: Sequences, units: list[list[Path]], ok: set[str], folder: Path) -> Survey:
+def survey_parts(pools: Pools, units: list[list[Path]], ok: set[str], folder: Path) -> Survey:
     """Pass 1 over every unit of parts, in workers; what the stage keeps of it (the
     fingerprints stay on disk)."""
-    remote = p.executor == "dask"
+    executor = pools.p.executor
+    remote = executor == "dask"
     paths = [folder / f"{i:05d}.arrays" for i in range(len(units))]
     items = ((("survey", sources(u, remote)), path) for u, path in zip(units, paths, strict=True))
     names = [unit_name(u) for u in units]
-    for _ in run_pass(p, items, names, "survey"):
+    for _ in run_pass(pools, items, names, "survey", executor):
         pass
     survey = Survey({}, [], paths, Counter(), 0)
     where: dict[str, str] = {}
@@ -663,7 +689,7 @@ def most_common(programs: Counter[int]) -> int:
 
 
 def chunk_parts(
-    p: Sequences,
+    pools: Pools,
     units: list[list[Path]],
     survey: Survey,
     files: dict[str, tuple[str, str]],
@@ -673,6 +699,7 @@ def chunk_parts(
     """Pass 2 over every unit, in workers (`files`: each file's split and group): the merged
     Tally (merged in unit order, so float sums are the same whatever order workers finish in)
     and the keyed-runs files."""
+    p = pools.p
     remote = p.executor == "dask"
     paths = [folder / f"{i:05d}.arrays" for i in range(len(units))]
     items = (
@@ -683,7 +710,8 @@ def chunk_parts(
     tally = Tally.start(p)
     waiting: dict[int, Tally] = {}
     merged = 0
-    for index, part_tally in run_pass(p, items, [unit_name(u) for u in units], "sequences"):
+    names = [unit_name(u) for u in units]
+    for index, part_tally in run_pass(pools, items, names, "sequences", p.executor):
         waiting[index] = part_tally
         while merged in waiting:
             tally.merge(waiting.pop(merged))
@@ -792,7 +820,7 @@ def check_windows(
 
 
 def write_split_shards(
-    p: Sequences, runs: list[Path], out: Path, shard_bytes: int
+    pools: Pools, runs: list[Path], out: Path, shard_bytes: int
 ) -> dict[str, list[dict]]:
     """Every split's shards, side by side in local workers: shard i of n holds the i-th of n
     equal ranges of the key space; n sizes them near shard_bytes, compressed, from the records'
@@ -822,7 +850,7 @@ def write_split_shards(
         for (split, _, lo, hi), path in zip(plan, partials, strict=True)
     )
     names = [f"{split} shard {i}" for split, i, _, _ in plan]
-    written = dict(run_pass(p, items, names, "shards"))
+    written = dict(run_pass(pools, items, names, "shards", "local"))
     shards: dict[str, list[dict]] = {split: [] for split in schema.SPLIT_NAMES}
     for index, ((split, _, _, _), partial) in enumerate(zip(plan, partials, strict=True)):
         if written[index]["chunks"]:
@@ -839,6 +867,7 @@ def write_split_shards(
 
 def write_shard_dir(
     cfg: Config,
+    pools: Pools,
     runs: list[Path],
     corpus: Corpus,
     keys: dict[str, str],
@@ -850,7 +879,7 @@ def write_shard_dir(
     """Publish the shards, splits.parquet and manifest.json together (atomically); the manifest."""
     p = cfg.sequences
     with storage.atomic_dir(cfg.paths.shards, "sequences") as out:
-        split_shards = write_split_shards(p, runs, out, int(p.shard_mb * (1 << 20)))
+        split_shards = write_split_shards(pools, runs, out, int(p.shard_mb * (1 << 20)))
         table = pa.table(
             {
                 "file_id": corpus.file_ids,

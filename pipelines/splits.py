@@ -52,11 +52,11 @@ def content_hash(notes: Notes) -> str:
     start = np.round(notes["start"].astype(np.float64) * 1000).astype(np.int64)
     length = np.round((notes["end"] - notes["start"]).astype(np.float64) * 1000).astype(np.int64)
     pitch, drum = notes["pitch"].astype(np.int64), notes["is_drum"].astype(np.int64)
-    rows = np.stack([start, pitch, length, drum])
-    # sorted by start, pitch, length, drum: the last three packed in one key (pitch < 2**7,
-    # a length under 2**40 ms), so the sort has two keys, not four
-    order = np.lexsort(((pitch << 41) | (np.clip(length, 0, (1 << 40) - 1) << 1) | drum, start))
-    return hashlib.sha256(np.ascontiguousarray(rows[:, order]).tobytes()).hexdigest()[:20]
+    # pitch (< 2**7), length (under 2**40 ms) and drum in one key: sorted by start, then it
+    key = (pitch << 41) | (np.clip(length, 0, (1 << 40) - 1) << 1) | drum
+    order = np.lexsort((key, start))
+    rows = np.stack([start[order], key[order]])
+    return hashlib.sha256(rows.tobytes()).hexdigest()[:20]
 
 
 def highest_voice(
@@ -116,22 +116,22 @@ def mix64(x: np.ndarray) -> np.ndarray:
         return x ^ (x >> np.uint64(31))
 
 
-def kgram_hashes(pitches: np.ndarray, k: int) -> np.ndarray:
-    """A 64-bit hash of every k consecutive pitch intervals (so of every k+1 notes, in any key);
-    NO_FINGERPRINT where the k-gram says too little to name a piece (low_information)."""
-    intervals = np.diff(pitches.astype(np.int16)).astype(np.int8)  # pitches are 0..127
+def kgram_hashes(intervals: np.ndarray, k: int) -> np.ndarray:
+    """A 64-bit hash of every k consecutive pitch intervals (int8: so of every k+1 notes, in any
+    key), whatever the k-gram says."""
     grams = sliding_window_view(intervals, k)
     # A k-gram of at most 16 intervals is 16 bytes (-127..127 -> 1..255, 0 pads): two words.
     packed = np.zeros((len(grams), 2 * 8), np.uint8)
     packed[:, :k] = grams.view(np.uint8) + np.uint8(128)
     words = packed.view(np.uint64)
-    hashes = mix64(words[:, 0] ^ mix64(words[:, 1] ^ np.uint64(0x9E3779B97F4A7C15)))
-    return np.where(low_information(intervals, k), NO_FINGERPRINT, hashes)
+    return mix64(words[:, 0] ^ mix64(words[:, 1] ^ np.uint64(0x9E3779B97F4A7C15)))
 
 
-def low_information(intervals: np.ndarray, k: int) -> np.ndarray:
-    """Which k-grams of the intervals have fewer than MIN_DISTINCT_INTERVALS distinct intervals,
-    or repeat a figure of at most MAX_FIGURE intervals.
+def low_information(
+    intervals: np.ndarray, k: int, positions: np.ndarray | None = None
+) -> np.ndarray:
+    """Which k-grams of the intervals (those starting at `positions`, or all) have fewer than
+    MIN_DISTINCT_INTERVALS distinct intervals, or repeat a figure of at most MAX_FIGURE intervals.
 
     Measured on the demo's 410 Bach chorales (k = 16), the share of distinct 16-grams found in
     two pieces that share no 24-note run: made of one repeated interval 1 of 1 (repeated notes:
@@ -140,40 +140,65 @@ def low_information(intervals: np.ndarray, k: int) -> np.ndarray:
     Figures repeating within 4 intervals are 4 of the chorales' 80,605 distinct 16-grams, so
     skipping them costs the chorales nothing; they are what pop and rock accompaniments share.
     """
-    wide = intervals.astype(np.int64)
-    grams = sliding_window_view(intervals, k)  # int8: a sixteenth of int64's memory traffic
+    grams = sliding_window_view(intervals, k)
+    if positions is not None:
+        grams = grams[positions]
     # fewer than 3 distinct intervals: every one is the k-gram's smallest or its largest
     low = ((grams == grams.min(axis=1)[:, None]) | (grams == grams.max(axis=1)[:, None])).all(1)
     for figure in range(1, min(MAX_FIGURE, k - 1) + 1):
-        # periodic with this figure: each of the k-gram's last k - figure intervals repeats the
-        # one `figure` before it; counted over the whole track with one cumulative sum
-        repeats = np.r_[0, np.cumsum(wide[figure:] == wide[:-figure])]
-        low |= repeats[k - figure :] - repeats[: len(repeats) - (k - figure)] == k - figure
+        # periodic with this figure: each interval repeats the one `figure` before it
+        low |= (grams[:, figure:] == grams[:, :-figure]).all(axis=1)
     return low
 
 
-def track_fingerprints(pitches: np.ndarray, shared_run: int) -> np.ndarray:
-    """The winnowed k-gram hashes of one track's pitches (in the note tables' order).
-
-    Any run of shared_run notes holds one whole window of w = shared_run - k k-grams; its
-    smallest hash is kept here and in every other track holding the same run, in any key.
-    """
-    k = kgram_length(shared_run)
-    window = shared_run - k  # k + window - 1 = shared_run - 1 intervals
-    if len(pitches) < shared_run:
-        return np.empty(0, np.uint64)
-    hashes = kgram_hashes(pitches, k)
-    kept = sliding_window_view(hashes, window).min(axis=1)
-    return np.unique(kept[kept != NO_FINGERPRINT])
+def window_argmin(values: np.ndarray, window: int) -> np.ndarray:
+    """Where each window of `window` consecutive values has its smallest (the first, on ties):
+    by doubling, two spans of a power of two covering each window, a few passes over the array
+    instead of one per element of the window."""
+    at = np.arange(len(values))
+    span = 1
+    while span * 2 <= window:
+        left, right = at[:-span], at[span:]
+        at = np.where(values[right] < values[left], right, left)
+        span *= 2
+    n = len(values) - window + 1
+    left, right = at[:n], at[window - span : window - span + n]
+    return np.where(values[right] < values[left], right, left)
 
 
 def shared_run_fingerprints(tracks: Sequence[np.ndarray], shared_run: int) -> np.ndarray:
     """A file's fingerprints: those of each of its pitched tracks' pitches, sorted, each once.
 
+    Any run of shared_run notes holds one whole window of w = shared_run - k k-grams; its
+    smallest hash that is not low_information is kept here and in every other track holding the
+    same run, in any key. Only the k-grams that win a window are looked at: a winner that says
+    too little is set aside and its windows are won again, until every winner says enough (the
+    same fingerprints as setting every such k-gram aside first, for a fifth of the work). The
+    tracks go through together, end to end; no k-gram or window across two tracks counts.
     shared_run 0 keeps none, which turns the link off.
     """
-    kept = [track_fingerprints(pitches, shared_run) for pitches in tracks] if shared_run else []
-    return np.unique(np.concatenate(kept)) if kept else np.empty(0, np.uint64)
+    tracks = [t for t in tracks if len(t) >= shared_run] if shared_run else []
+    if not tracks:
+        return np.empty(0, np.uint64)
+    k = kgram_length(shared_run)
+    window = shared_run - k  # k + window - 1 = shared_run - 1 intervals
+    pitches = np.concatenate(tracks).astype(np.int16)
+    track = np.repeat(np.arange(len(tracks)), [len(t) for t in tracks])
+    intervals = np.diff(pitches).astype(np.int8)  # pitches are 0..127
+    hashes = kgram_hashes(intervals, k)
+    hashes[track[k:] != track[:-k]] = NO_FINGERPRINT  # a k-gram across two tracks
+    inside = track[shared_run - 1 :] == track[: len(track) - shared_run + 1]  # windows in a track
+    looked = np.zeros(len(hashes), bool)
+    while True:
+        winners = window_argmin(hashes, window)[inside]
+        new = np.unique(winners[~looked[winners] & (hashes[winners] != NO_FINGERPRINT)])
+        looked[new] = True
+        poor = new[low_information(intervals, k, new)]
+        if not len(poor):
+            break
+        hashes[poor] = NO_FINGERPRINT
+    kept = hashes[winners]
+    return np.unique(kept[kept != NO_FINGERPRINT])
 
 
 class UnionFind:

@@ -294,3 +294,40 @@ def test_shared_run_pairs_link_each_file_to_the_first_holding_a_fingerprint() ->
     keys = splits.split_keys([*sorted(runs), "g"], {}, survey, "file", pairs)
     assert keys == {"a": "a", "b": "a", "c": "a", "d": "d", "e": "e", "f": "e", "g": "g"}
     assert splits.shared_run_pairs(["x"], {}) == []
+
+
+def test_fingerprints_set_aside_only_the_winners_that_say_too_little() -> None:
+    """shared_run_fingerprints looks at low_information for the k-grams that win a window only,
+    and takes a file's tracks end to end; it keeps what the definition keeps: each track on its
+    own, every low-information k-gram set aside first, the smallest hash of every window."""
+
+    def by_definition(pitches: np.ndarray, run: int) -> np.ndarray:
+        k = splits.kgram_length(run)
+        if len(pitches) < run:
+            return np.empty(0, np.uint64)
+        intervals = np.diff(pitches.astype(np.int16)).astype(np.int8)
+        hashes = splits.kgram_hashes(intervals, k)
+        hashes[splits.low_information(intervals, k)] = splits.NO_FINGERPRINT
+        kept = np.lib.stride_tricks.sliding_window_view(hashes, run - k).min(axis=1)
+        return kept[kept != splits.NO_FINGERPRINT]
+
+    rng = np.random.default_rng(0)
+    found = 0
+    for _ in range(600):
+        run = int(rng.choice([8, 17, 24, 40]))
+        tracks = []
+        for _ in range(int(rng.integers(1, 5))):
+            n = int(rng.integers(3, 300))
+            steps = rng.choice(
+                [-2, 0, 2, 3, -5, 7, -1], n, p=[0.25, 0.3, 0.15, 0.1, 0.1, 0.05, 0.05]
+            )
+            if rng.random() < 0.5:  # an arpeggio figure: low information
+                steps[10:60] = np.tile([4, 3, -7, 0], 13)[: len(steps[10:60])]
+            if rng.random() < 0.3:  # two intervals only: low information throughout
+                steps[:] = rng.choice([0, 2], n)
+            tracks.append(np.clip(60 + np.cumsum(steps), 0, 127))
+        kept = splits.shared_run_fingerprints(tracks, run)
+        want = np.unique(np.concatenate([by_definition(t, run) for t in tracks]))
+        assert np.array_equal(kept, want)
+        found += len(kept)
+    assert found > 1000
