@@ -11,11 +11,10 @@ import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import keras
 import numpy as np
-import tensorflow as tf
 
 from pipelines.config import Train
 from pipelines.schema import (
@@ -28,6 +27,13 @@ from pipelines.schema import (
     classes_of,
     n_classes,
 )
+
+if TYPE_CHECKING:
+    import tensorflow as tf
+
+# TensorFlow is imported only where it is used (to_classes inside tf.data, the placement), so
+# importing this module, building, loading and calling the model need no TensorFlow under
+# another Keras backend (JAX on a GPU machine without TensorFlow, say).
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +90,8 @@ def to_classes(values: Any, edges: np.ndarray) -> Any:
     """
     if isinstance(values, np.ndarray):
         return classes_of(values, edges)
+    import tensorflow as tf
+
     bucketed = tf.raw_ops.Bucketize(
         input=tf.cast(values, tf.float32), boundaries=[float(e) for e in edges]
     )
@@ -334,6 +342,8 @@ def choose_placement(mixed_precision: str) -> Placement:
     `auto` turns mixed precision on only with a GPU (on a CPU float16 is slower, not faster).
     Sets Keras' global dtype policy accordingly, so call it before building the model.
     """
+    import tensorflow as tf
+
     gpus = tf.config.list_physical_devices("GPU")
     if gpus:
         names = []
