@@ -221,6 +221,12 @@ class Train(Section):
     epochs: int = Field(5, ge=1)
     patience: int = Field(2, ge=0)
     steps_per_epoch: int = Field(0, ge=0, description="0: the whole train split")
+    # A checkpoint (model, optimizer, progress) every so many optimizer steps inside an epoch,
+    # besides the one at each epoch's end; a killed run resumes from it mid-epoch. 0: at epoch
+    # ends only (the demo's epochs take minutes; a Lakh epoch takes hours on one GPU).
+    checkpoint_steps: int = Field(0, ge=0)
+    # batches of the val split per evaluation (0: all of it); fewer give a fixed subset spread
+    # over the split, read in every epoch and at every checkpoint
     validation_steps: int = Field(0, ge=0, description="0: the whole val split")
     loss_weights: dict[str, float] = Field(
         default_factory=lambda: {

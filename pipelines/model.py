@@ -11,11 +11,10 @@ import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import keras
 import numpy as np
-import tensorflow as tf
 
 from pipelines.config import Train
 from pipelines.schema import (
@@ -28,6 +27,13 @@ from pipelines.schema import (
     classes_of,
     n_classes,
 )
+
+if TYPE_CHECKING:
+    import tensorflow as tf
+
+# TensorFlow is imported only where it is used (to_classes inside tf.data, the placement), so
+# importing this module, building, loading and calling the model need no TensorFlow under
+# another Keras backend (JAX on a GPU machine without TensorFlow, say).
 
 log = logging.getLogger(__name__)
 
@@ -58,21 +64,23 @@ INPUT_SUFFIX = "_in"
 REGRESSION_LOSS_WEIGHTS = {"pitch": 0.05, "step": 1.0, "duration": 1.0}
 
 
+# The losses are keras.ops, so a saved model loads under any Keras backend (JAX without
+# TensorFlow, say); on TensorFlow they are the same ops as tf.* and give the same numbers.
 @keras.saving.register_keras_serializable(package="lakhflow")
-def mse_with_positive_pressure(y_true: tf.Tensor, y_pred: tf.Tensor) -> tf.Tensor:
+def mse_with_positive_pressure(y_true: Any, y_pred: Any) -> Any:
     """The tutorial's regression loss: squared error plus a push away from negative values."""
-    y_true = tf.cast(y_true, y_pred.dtype)
+    y_true = keras.ops.cast(y_true, y_pred.dtype)
     mse = (y_true - y_pred) ** 2
-    positive_pressure = 10 * tf.maximum(-y_pred, 0.0)
-    return tf.reduce_mean(mse + positive_pressure)
+    positive_pressure = 10 * keras.ops.maximum(-y_pred, 0.0)
+    return keras.ops.mean(mse + positive_pressure)
 
 
 @keras.saving.register_keras_serializable(package="lakhflow")
-def single_class_loss(y_true: tf.Tensor, y_pred: tf.Tensor) -> tf.Tensor:
+def single_class_loss(y_true: Any, y_pred: Any) -> Any:
     """Cross-entropy of a head with one class (such as velocity in a corpus with one velocity):
     always 0. Keras would squeeze the [B, T, 1] logits to [B, T] before a sparse cross-entropy
     and fail on the ranks; zero times the logits keeps a (zero) gradient for the head."""
-    return 0.0 * tf.cast(y_pred, tf.float32)
+    return 0.0 * keras.ops.cast(y_pred, "float32")
 
 
 def to_classes(values: Any, edges: np.ndarray) -> Any:
@@ -82,6 +90,8 @@ def to_classes(values: Any, edges: np.ndarray) -> Any:
     """
     if isinstance(values, np.ndarray):
         return classes_of(values, edges)
+    import tensorflow as tf
+
     bucketed = tf.raw_ops.Bucketize(
         input=tf.cast(values, tf.float32), boundaries=[float(e) for e in edges]
     )
@@ -223,6 +233,23 @@ def reseed_dropout(model: keras.Model, seed: int, epoch: int) -> None:
             generator.state.assign(np.asarray(state, dtype=generator.state.dtype))
 
 
+def dropout_states(model: keras.Model) -> dict[str, list[int]]:
+    """Each dropout layer's seed state, by layer name: what a checkpoint inside an epoch keeps,
+    since model.save() does not (a loaded model's streams start afresh)."""
+    return {
+        layer.name: [int(x) for x in keras.ops.convert_to_numpy(generator.state.value)]
+        for layer in model.layers
+        if (generator := getattr(layer, "seed_generator", None)) is not None
+    }
+
+
+def restore_dropout_states(model: keras.Model, states: Mapping[str, list[int]]) -> None:
+    for layer in model.layers:
+        generator = getattr(layer, "seed_generator", None)
+        if generator is not None:
+            generator.state.assign(np.asarray(states[layer.name], dtype=generator.state.dtype))
+
+
 def head_names(heads: str) -> tuple[str, ...]:
     return REGRESSION_HEADS if heads == "regression" else HEADS
 
@@ -315,6 +342,8 @@ def choose_placement(mixed_precision: str) -> Placement:
     `auto` turns mixed precision on only with a GPU (on a CPU float16 is slower, not faster).
     Sets Keras' global dtype policy accordingly, so call it before building the model.
     """
+    import tensorflow as tf
+
     gpus = tf.config.list_physical_devices("GPU")
     if gpus:
         names = []

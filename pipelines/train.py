@@ -1,6 +1,12 @@
 """Train stage: reads data/shards (manifest, train and val windows), trains the LSTM with a
-checkpoint per epoch in .lakhflow/work/train/, and writes data/model/ and data/metrics/train.json;
-the run is tracked in MLflow and registered as a new `train.model_name` version, alias `candidate`.
+checkpoint per epoch (and every `train.checkpoint_steps` steps inside one) in
+.lakhflow/work/train/, and writes data/model/ and data/metrics/train.json; the run is tracked in
+MLflow and registered as a new `train.model_name` version, alias `candidate`.
+
+A run killed between checkpoints goes on from the last one, inside its epoch if it was saved
+there: the epoch's batches already trained are skipped in the epoch's own (seeded) order, and the
+dropout streams and the epoch's running train-metric sums are put back as they were, so the run
+ends with the weights an unbroken run has (exactly on a CPU, where op determinism is on).
 
 Early stopping and the best epoch follow `val_monitor`: the sum of the val_<head>_loss figures
 weighted by `train.monitor` (the pitch loss alone by default), not Keras' summed val_loss.
@@ -30,9 +36,11 @@ from pipelines.model import (
     Placement,
     build_model,
     choose_placement,
+    dropout_states,
     head_names,
     load_model,
     reseed_dropout,
+    restore_dropout_states,
     split_window,
     style_groups,
     summary_text,
@@ -42,7 +50,7 @@ from pipelines.schema import HEADS, OTHER_STYLE
 log = logging.getLogger(__name__)
 
 STATE_FILE = "state.json"
-KEEP_EPOCHS = 2  # checkpoints kept, so a damaged newest one has one to fall back to
+KEEP_EPOCHS = 2  # checkpoints kept (epoch ends or not), so a damaged newest one has a fallback
 # Validation windows at most kept in memory across epochs (about 0.5 KB each).
 VAL_CACHE_WINDOWS = 200_000
 MONITOR = "val_monitor"  # the history's column (and MLflow's metric) that early stopping watches
@@ -89,6 +97,17 @@ class Progress:
     best_weights: str | None = None  # weights of `best_epoch`
     logged_epochs: int = 0  # epochs whose metrics reached MLflow (the rest are logged later)
     params_logged: bool = False
+    steps: int = 0  # optimizer steps (batches) trained in all epochs, the checkpoint's included
+    # A checkpoint inside an epoch: the batches of epoch epochs_done + 1 it has trained (0: it
+    # ends an epoch), their seconds, each dropout layer's seed state and the epoch's running
+    # train-metric sums ([variable path, value]), all as they were after its last batch.
+    epoch_steps: int = 0
+    epoch_seconds: float = 0.0
+    dropout_states: dict[str, list[int]] = field(default_factory=dict)
+    metric_states: list[list[Any]] = field(default_factory=list)
+    # The val figures at every checkpoint, by global step (MLflow's checkpoint_val_* metrics)
+    validations: list[dict[str, float]] = field(default_factory=list)
+    logged_validations: int = 0
 
     @classmethod
     def from_json(cls, data: Any) -> Progress:
@@ -151,9 +170,11 @@ def read_shards_manifest(cfg: Config) -> tuple[dict[str, Any], str]:
     return manifest, storage.file_digest(path, "sha256")
 
 
-def train_windows(cfg: Config, manifest: Mapping[str, Any], epoch: int) -> Any:
+def train_windows(cfg: Config, manifest: Mapping[str, Any], epoch: int, skip: int = 0) -> Any:
     """The train windows of one epoch: shuffled by a seed per epoch, so a resumed run sees
-    the same order an unbroken one would; repeated when steps_per_epoch caps the epoch."""
+    the same order an unbroken one would; repeated when steps_per_epoch caps the epoch. `skip`
+    drops the epoch's first batches (a checkpoint inside the epoch trained them): they are
+    still read and framed, but never reach the model."""
     import tensorflow as tf
 
     from pipelines.dataset import windows
@@ -169,11 +190,33 @@ def train_windows(cfg: Config, manifest: Mapping[str, Any], epoch: int) -> Any:
         repeat=cfg.train.steps_per_epoch > 0,
         groups=style_groups(cfg.train, manifest) or None,
     )
+    if skip:
+        ds = ds.skip(skip)
     heads = cfg.train.heads
     return ds.map(lambda b: split_window(b, manifest, heads)).prefetch(tf.data.AUTOTUNE)
 
 
+def val_stride(cfg: Config, manifest: Mapping[str, Any]) -> int:
+    """The stride the val windows are cut at: the manifest's, or with train.validation_steps a
+    multiple of it that still leaves at least the subset's windows in the split.
+
+    The sequences stage writes a split's chunks in a hash-shuffled order, so any prefix of the
+    val split is already a fair, fixed sample of its tracks; the wider stride spreads the subset
+    over about total/subset times as many chunks (fewer windows from each) than taking the first
+    windows at the manifest's stride would (a chunk with m+1 windows keeps floor(m/k)+1 >=
+    (m+1)/k of them, so the split keeps at least total/k >= subset windows).
+    """
+    stride = int(manifest["stride"])
+    total = int(manifest["splits"]["val"]["windows"])
+    subset = cfg.train.validation_steps * cfg.train.batch_size
+    if cfg.train.validation_steps and subset < total:
+        stride *= total // subset
+    return stride
+
+
 def val_windows(cfg: Config, manifest: Mapping[str, Any]) -> Any:
+    """The val windows every evaluation reads: the whole split, or with train.validation_steps
+    the same spread subset of it (val_stride) in every epoch, checkpoint and process."""
     import tensorflow as tf
 
     from pipelines.dataset import windows
@@ -184,6 +227,7 @@ def val_windows(cfg: Config, manifest: Mapping[str, Any]) -> Any:
         "val",
         dict(manifest),
         batch_size=cfg.train.batch_size,
+        stride=val_stride(cfg, manifest),
         groups=style_groups(cfg.train, manifest) or None,
     )
     ds = ds.map(lambda b: split_window(b, manifest, heads))
@@ -216,12 +260,12 @@ def steps_per_epoch(cfg: Config, manifest: Mapping[str, Any]) -> int:
 
 
 def work_key(cfg: Config, manifest_sha: str) -> dict[str, Any]:
-    """What the checkpoints depend on: the shards (by manifest hash) and every train param."""
-    return {
-        "manifest_sha256": manifest_sha,
-        "train": cfg.train.model_dump(mode="json"),
-        "transpose": cfg.sequences.transpose,
-    }
+    """What the checkpoints depend on: the shards (by manifest hash) and every train param but
+    checkpoint_steps (how often a run is saved changes nothing it trains, so a run resumes
+    after it changes)."""
+    train = cfg.train.model_dump(mode="json")
+    train.pop("checkpoint_steps")
+    return {"manifest_sha256": manifest_sha, "train": train, "transpose": cfg.sequences.transpose}
 
 
 def _save_model_file(model: Any, dest: Path, weights_only: bool = False) -> None:
@@ -235,21 +279,29 @@ def _save_model_file(model: Any, dest: Path, weights_only: bool = False) -> None
     tmp.replace(dest)
 
 
+def checkpoint_name(progress: Progress) -> str:
+    """epoch-0003 at the end of epoch 3; epoch-0004-step-00012000 inside epoch 4 at global step
+    12000. Names sort in training order ('-' sorts before '.'), which `resume` relies on."""
+    if progress.epoch_steps:
+        return f"epoch-{progress.epochs_done + 1:04d}-step-{progress.steps:08d}"
+    return f"epoch-{progress.epochs_done:04d}"
+
+
 def save_checkpoint(work: Path, model: Any, progress: Progress, improved: bool) -> None:
     """Files first, then the states that name them, then drop files no kept state names.
 
-    The last KEEP_EPOCHS checkpoints are kept, each with its own state beside it, so a damaged
-    newest one falls back to the one before it.
+    The last KEEP_EPOCHS checkpoints (at epoch ends or inside epochs) are kept, each with its
+    own state beside it, so a damaged newest one falls back to the one before it.
     """
-    epoch = progress.epochs_done
-    checkpoint = f"epoch-{epoch:04d}.keras"
+    name = checkpoint_name(progress)
+    checkpoint = f"{name}.keras"
     _save_model_file(model, work / checkpoint)
     progress.checkpoint = checkpoint
     if improved:
-        best = f"best-{epoch:04d}.weights.h5"
+        best = f"best-{progress.epochs_done:04d}.weights.h5"
         _save_model_file(model, work / best, weights_only=True)
         progress.best_weights = best
-    storage.write_json(work / f"epoch-{epoch:04d}.json", progress.to_json())
+    storage.write_json(work / f"{name}.json", progress.to_json())
     progress.save(work)
     kept = sorted(work.glob("epoch-*.json"))[-KEEP_EPOCHS:]
     keep = {STATE_FILE, progress.checkpoint, progress.best_weights}
@@ -300,7 +352,16 @@ def resume(work: Path, load: Any) -> tuple[Progress, Any]:
                 work / progress.checkpoint, tracking.reason(exc),
             )  # fmt: skip
             continue
-        if progress.best_weights and not _weights_readable(work / progress.best_weights):
+        if progress.best_weights and progress.epoch_steps:
+            if not _weights_readable(work / progress.best_weights):
+                # inside an epoch no kept file holds the last epoch's weights: forget the best
+                log.warning(
+                    "best weights %s are damaged; the next epoch counts as the best so far",
+                    work / progress.best_weights,
+                )
+                progress.best_weights, progress.best_epoch = None, 0
+                progress.best_monitor, progress.wait = math.inf, 0
+        elif progress.best_weights and not _weights_readable(work / progress.best_weights):
             # The best epoch's weights are lost: the best so far is the checkpoint's own epoch.
             log.warning(
                 "best weights %s are damaged; epoch %d counts as the best so far",
@@ -370,6 +431,7 @@ def start_mlflow_run(progress: Progress, work: Path) -> str:
         mlflow.set_tag("resumed_from_run", previous)
     progress.run_id = run.info.run_id
     progress.logged_epochs, progress.params_logged = 0, False
+    progress.logged_validations = 0
     progress.save(work)
     return str(run.info.run_id)
 
@@ -423,6 +485,17 @@ class RunLog:
                 return
             progress.logged_epochs = epoch
 
+    def validations(self, progress: Progress) -> None:
+        """The val figures of each checkpoint not logged yet, as checkpoint_val_* by global
+        step (the per-epoch val_* metrics count in epochs)."""
+        import mlflow
+
+        for row in progress.validations[progress.logged_validations :]:
+            numbers = {f"checkpoint_{k}": v for k, v in row.items() if k.startswith("val_")}
+            if not self.attempt(mlflow.log_metrics, numbers, step=int(row["step"])):
+                return
+            progress.logged_validations += 1
+
 
 def register(cfg: Config, model_dir: Path, run_id: str) -> dict[str, Any]:
     """Log the model in `model_dir` into the active run, register it as a new version of
@@ -458,6 +531,7 @@ def publish(
     try:
         runlog.start(cfg, progress)
         runlog.epochs(progress)
+        runlog.validations(progress)
         if runlog.lost is not None:
             raise tracking.unreachable(runlog.uri, runlog.lost)
         mlflow.log_metrics(
@@ -556,15 +630,16 @@ def _loss_keys(heads: tuple[str, ...]) -> list[str]:
 
 
 class _BatchProgress:
-    """A tqdm bar over one epoch's batches, on stderr (shown only on a terminal)."""
+    """A tqdm bar over one epoch's batches, on stderr (shown only on a terminal); `initial`
+    batches were trained before a resume."""
 
-    def __init__(self, total: int, desc: str) -> None:
+    def __init__(self, total: int, desc: str, initial: int = 0) -> None:
         import keras
         from tqdm import tqdm
 
-        bar = tqdm(total=total, desc=desc, unit="batch", disable=None, leave=False)
+        bar = tqdm(total=total, initial=initial, desc=desc, unit="batch", disable=None, leave=False)
         self.bar = bar
-        self.batches = 0
+        self.batches = 0  # trained in this process
 
         class Callback(keras.callbacks.Callback):
             def on_train_batch_end(cb, batch: int, logs: dict[str, Any] | None = None) -> None:
@@ -577,6 +652,118 @@ class _BatchProgress:
 
     def close(self) -> None:
         self.bar.close()
+
+
+def validate(model: Any, val: Any, steps: int, monitor: Mapping[str, float]) -> dict[str, float]:
+    """The val figures of the model as it is, inside an epoch: evaluate() resets the metrics,
+    so the epoch's running train sums are put back after it, and its train row stays whole."""
+    running = [v.numpy() for v in model.metrics_variables]
+    scores = model.evaluate(val, steps=steps, return_dict=True, verbose=0)
+    for variable, value in zip(model.metrics_variables, running, strict=True):
+        variable.assign(value)
+    row = {f"val_{k}": float(v) for k, v in scores.items()}
+    row[MONITOR] = monitored_loss(row, monitor)
+    return row
+
+
+def metric_states(model: Any) -> list[list[Any]]:
+    return [[v.path, np.asarray(v.numpy()).tolist()] for v in model.metrics_variables]
+
+
+def add_metric_states(model: Any, states: list[list[Any]]) -> bool:
+    """Add an epoch's running train-metric sums from a checkpoint to the metrics; False, with
+    nothing changed, when they are not this model's.
+
+    Called after the resumed epoch's first batch: fit() zeroes the metrics at the epoch's start
+    and builds a loaded model's metrics only in its first step. Every metric here is a Mean (a
+    total and a count) and float addition commutes, so 0 + x, then + the checkpoint's sums, is
+    bit for bit what an unbroken run holds after that batch.
+    """
+    variables = model.metrics_variables
+    if [path for path, _ in states] != [v.path for v in variables]:
+        return False
+    for variable, (_, value) in zip(variables, states, strict=True):
+        variable.assign_add(np.asarray(value, dtype=variable.dtype))
+    return True
+
+
+@dataclass
+class EpochRun:
+    """What one epoch's fit() needs to checkpoint inside it."""
+
+    epoch: int
+    batches: int  # the epoch's batches in all
+    done: int  # batches trained before this process (a checkpoint inside the epoch)
+    seconds_before: float  # their seconds
+    steps_before: int  # global steps before this process's first batch of the epoch
+    started: float  # perf_counter() at this process's start of the epoch
+
+
+class _Checkpoints:
+    """The callback that saves a checkpoint every `checkpoint_steps` global steps inside an
+    epoch (the epoch's last batch is left to the epoch's own checkpoint), with the val figures
+    of that moment; and that puts a resumed epoch's running train-metric sums back."""
+
+    def __init__(
+        self,
+        cfg: Config,
+        work: Path,
+        progress: Progress,
+        runlog: RunLog,
+        val: tuple[Any, int],  # the val windows and their batches
+        at: EpochRun,
+    ) -> None:
+        import keras
+
+        every = cfg.train.checkpoint_steps
+        self.trained = 0
+
+        def save(model: Any) -> None:
+            started = time.perf_counter()
+            row = validate(model, *val, cfg.train.monitor)
+            validated = time.perf_counter()
+            progress.steps = at.steps_before + self.trained
+            progress.epoch_steps = at.done + self.trained
+            progress.epoch_seconds = at.seconds_before + validated - at.started
+            progress.dropout_states = dropout_states(model)
+            progress.metric_states = metric_states(model)
+            progress.validations.append(
+                {"step": float(progress.steps), "epoch": float(at.epoch)} | row
+            )
+            runlog.epochs(progress)  # before the state is saved, so it knows they are logged
+            runlog.validations(progress)
+            logged = time.perf_counter()
+            save_checkpoint(work, model, progress, improved=False)
+            saved = time.perf_counter()
+            log.info(
+                "checkpoint at step %d (epoch %d, batch %d of %d): saved in %.2f s, "
+                "validated in %.2f s: val_loss %.4f, %s %.4f",
+                progress.steps, at.epoch, progress.epoch_steps, at.batches, saved - logged,
+                validated - started, row["val_loss"], MONITOR, row[MONITOR],
+            )  # fmt: skip
+
+        class Callback(keras.callbacks.Callback):
+            def on_train_batch_end(cb, batch: int, logs: dict[str, Any] | None = None) -> None:
+                self.trained += 1
+                if self.trained == 1 and at.done:
+                    resumed_sums(cb.model)
+                step = at.steps_before + self.trained
+                if not every or step % every or at.done + self.trained >= at.batches:
+                    return
+                loss = float((logs or {}).get("loss", 0.0))
+                if cb.model.stop_training or not math.isfinite(loss):
+                    return  # a diverged model is never checkpointed
+                save(cb.model)
+
+        def resumed_sums(model: Any) -> None:
+            if not add_metric_states(model, progress.metric_states):
+                log.warning(
+                    "epoch %d's train figures average only the batches after the resume "
+                    "(the checkpoint holds no running sums for this model's metrics)",
+                    at.epoch,
+                )
+
+        self.callback = Callback()
 
 
 # --------------------------------------------------------------------------- the stage
@@ -603,6 +790,11 @@ def run(cfg: Config) -> dict[str, Any]:
         progress, model = resume(work, load_model)
         if model is None:
             model = build_model(cfg.train, manifest)
+        elif progress.epoch_steps:
+            log.info(
+                "resuming training in epoch %d after batch %d (step %d; %s)",
+                progress.epochs_done + 1, progress.epoch_steps, progress.steps, work,
+            )  # fmt: skip
         else:
             log.info("resuming training after epoch %d (%s)", progress.epochs_done, work)
     heads = head_names(cfg.train.heads)
@@ -616,39 +808,65 @@ def run(cfg: Config) -> dict[str, Any]:
         raise tracking.unreachable(uri, tracking.reason(exc)) from None
     try:
         runlog.start(cfg, progress)
-        val = val_windows(cfg, manifest)
+        val, val_batches = val_windows(cfg, manifest), val_steps(cfg, manifest)
         for epoch in range(progress.epochs_done + 1, cfg.train.epochs + 1):
             if progress.stopped:
                 break
-            bar = _BatchProgress(steps, f"epoch {epoch}/{cfg.train.epochs}")
-            reseed_dropout(model, cfg.train.seed, epoch)
-            started = time.perf_counter()
+            at = EpochRun(
+                epoch=epoch,
+                batches=steps,
+                done=progress.epoch_steps,
+                seconds_before=progress.epoch_seconds,
+                steps_before=progress.steps,
+                started=time.perf_counter(),
+            )
+            bar = _BatchProgress(steps, f"epoch {epoch}/{cfg.train.epochs}", initial=at.done)
+            if at.done:
+                restore_dropout_states(model, progress.dropout_states)
+            else:
+                reseed_dropout(model, cfg.train.seed, epoch)
+            checkpoints = _Checkpoints(cfg, work, progress, runlog, (val, val_batches), at)
             with warnings.catch_warnings():
                 # Keras says so after every validation pass over a dataset of unknown length.
                 warnings.filterwarnings("ignore", message="Your input ran out of data")
                 fit = model.fit(
-                    train_windows(cfg, manifest, epoch),
+                    train_windows(cfg, manifest, epoch, skip=at.done),
                     validation_data=val,
                     initial_epoch=epoch - 1,
                     epochs=epoch,
-                    steps_per_epoch=cfg.train.steps_per_epoch or None,
-                    validation_steps=val_steps(cfg, manifest),
-                    callbacks=[bar.callback, keras.callbacks.TerminateOnNaN()],
+                    steps_per_epoch=(cfg.train.steps_per_epoch - at.done)
+                    if cfg.train.steps_per_epoch
+                    else None,
+                    validation_steps=val_batches,
+                    callbacks=[
+                        bar.callback,
+                        keras.callbacks.TerminateOnNaN(),
+                        checkpoints.callback,
+                    ],
                     shuffle=False,  # the reader shuffles, by a seed per epoch
                     verbose=0,
                 )
-            seconds = time.perf_counter() - started
+            seconds = at.seconds_before + time.perf_counter() - at.started
             bar.close()
             row = {"epoch": float(epoch)} | {k: float(v[-1]) for k, v in fit.history.items()}
             row[MONITOR] = monitored_loss(row, cfg.train.monitor)
             check_finite(cfg, epoch, row)
-            windows = min(bar.batches * cfg.train.batch_size, _epoch_windows(cfg, manifest))
+            batches = at.done + bar.batches
+            windows = min(batches * cfg.train.batch_size, _epoch_windows(cfg, manifest))
             progress.history.append(row)
             progress.seconds.append(seconds)
             progress.windows.append(windows)
             progress.epochs_done = epoch
+            progress.steps = at.steps_before + bar.batches
+            progress.epoch_steps, progress.epoch_seconds = 0, 0.0
+            progress.dropout_states, progress.metric_states = {}, []
+            progress.validations.append(
+                {"step": float(progress.steps), "epoch": float(epoch)}
+                | {k: v for k, v in row.items() if k.startswith("val_")}
+            )
             improved = progress.update_early_stopping(epoch, row[MONITOR], cfg.train.patience)
             runlog.epochs(progress)
+            runlog.validations(progress)
             save_checkpoint(work, model, progress, improved)
             log.info(
                 "epoch %d: loss %.4f, val_loss %.4f, %s %.4f (%.1f s)",

@@ -168,39 +168,56 @@ def _state_files(root: Path) -> list[Path]:
 
 
 @pytest.mark.slow
-def test_a_killed_run_resumes_and_ends_as_an_unbroken_run_does(
+def test_a_run_killed_inside_an_epoch_ends_with_the_unbroken_runs_weights(
     trained: tuple[Path, dict, str], shards: Path, tmp_path: Path, mlflow_uri: str
 ) -> None:
-    """SIGKILL `lakhflow train` after its first checkpoint; run it again: it goes on from the
-    next epoch in the same MLflow run, and ends with the val losses of the unbroken run (the
-    `trained` fixture, same params, another process), so runs are also reproducible."""
-    root = train_project(tmp_path / "killed", shards)
+    """Checkpoints every 15 steps in epochs of 40: SIGKILL `lakhflow train` after one inside
+    epoch 2 or 3 and run it again: it goes on at the next batch in the same MLflow run, and ends
+    with exactly the weights and history of the unbroken run (the `trained` fixture, same params
+    but checkpoints at epoch ends only, another process; op determinism is on on a CPU): neither
+    the resume nor the checkpoints' validations change what is trained."""
+    root = train_project(tmp_path / "killed", shards, checkpoint_steps=15)
     env = tool_env(MLFLOW_TRACKING_URI=mlflow_uri)
-    state = _kill_after(root, env, epochs_done=1)  # what the kill left
-    done = state["epochs_done"]
-    assert 1 <= done < 3 and state["run_id"]
+    state = _kill_after(root, env, epochs_done=1, inside_epoch=True)  # what the kill left
+    done, batches = state["epochs_done"], state["epoch_steps"]
+    assert 1 <= done < 3 and batches > 0 and state["run_id"]
+    assert state["steps"] == 40 * done + batches and state["steps"] % 15 == 0
     assert not (root / "data" / "model").exists()
 
     second = subprocess.run(
         ["lakhflow", "train"], cwd=root, env=env, capture_output=True, text=True, timeout=300
     )
     assert second.returncode == 0, second.stderr[-2000:]
-    assert f"resuming training after epoch {done}" in second.stderr
+    assert f"resuming training in epoch {done + 1} after batch {batches}" in second.stderr
+    assert "average only the batches after the resume" not in second.stderr
+    assert "checkpoint at step" in second.stderr
     history = read_history(root)
     assert [int(r["epoch"]) for r in history] == [1, 2, 3]
     # the epochs before the kill were not trained again: their rows are the checkpoint's
     for row, before in zip(history[:done], state["history"], strict=True):
-        assert float(row["val_loss"]) == pytest.approx(before["val_loss"])
+        assert float(row["val_loss"]) == before["val_loss"]
     info = json.loads((root / "data" / "model" / "run.json").read_text())
     assert info["run_id"] == state["run_id"]  # the same MLflow run, continued
     client = mlflow.MlflowClient()
     assert client.get_run(info["run_id"]).info.status == "FINISHED"
     steps = {m.step for m in client.get_metric_history(info["run_id"], "val_loss")}
     assert steps == {1, 2, 3}
-    _, unbroken, _ = trained
-    resumed = json.loads((root / "data" / "metrics" / "train.json").read_text())
-    for key, value in unbroken["final"].items():
-        assert round(resumed["final"][key], 4) == round(value, 4), key
+    # the val figures at every checkpoint, by global step; at epoch ends the epoch's own
+    # (a kill between logging a checkpoint's figures and saving it logs them twice, as epochs)
+    points = client.get_metric_history(info["run_id"], "checkpoint_val_monitor")
+    curve = {m.step: m.value for m in points}
+    assert sorted(curve) == [15, 30, 40, 45, 60, 75, 80, 90, 105, 120]
+    ends = {step: value for step, value in curve.items() if step % 40 == 0}
+    assert ends == {40 * int(r["epoch"]): float(r["val_monitor"]) for r in history}
+
+    unbroken, _, _ = trained
+    assert history == read_history(unbroken)  # the train rows too, resumed epoch or not
+    from pipelines.model import load_model
+
+    ours, theirs = (load_model(r / "data" / "model" / "model.keras") for r in (root, unbroken))
+    assert len(ours.weights) == len(theirs.weights)
+    for mine, other in zip(ours.get_weights(), theirs.get_weights(), strict=True):
+        np.testing.assert_array_equal(mine, other)
 
 
 def test_missing_or_stale_shards_are_one_line_errors(project: Path, shards: Path) -> None:
@@ -213,8 +230,11 @@ def test_missing_or_stale_shards_are_one_line_errors(project: Path, shards: Path
         train.run(config.load(project))  # the repo's params: seq_length 32
 
 
-def _kill_after(root: Path, env: dict[str, str], epochs_done: int) -> dict[str, Any]:
-    """Run `lakhflow train` and SIGKILL it once `epochs_done` epochs are checkpointed."""
+def _kill_after(
+    root: Path, env: dict[str, str], epochs_done: int, inside_epoch: bool = False
+) -> dict[str, Any]:
+    """Run `lakhflow train` and SIGKILL it once `epochs_done` epochs are checkpointed (and,
+    with `inside_epoch`, a checkpoint inside the next one)."""
     proc = subprocess.Popen(
         ["lakhflow", "train"], cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
     )
@@ -224,7 +244,10 @@ def _kill_after(root: Path, env: dict[str, str], epochs_done: int) -> dict[str, 
             found = _state_files(root)
             if found:
                 with contextlib.suppress(ValueError):  # caught mid-write: look again
-                    if json.loads(found[0].read_text())["epochs_done"] >= epochs_done:
+                    seen = json.loads(found[0].read_text())
+                    if seen["epochs_done"] >= epochs_done and (
+                        seen.get("epoch_steps") or not inside_epoch
+                    ):
                         os.kill(proc.pid, signal.SIGKILL)
                         break
             time.sleep(0.05)
@@ -316,6 +339,40 @@ def test_resume_takes_the_newest_state_whose_checkpoint_loads(
     progress, model = train.resume(tmp_path, load)
     assert model is None and progress.epochs_done == 0 and progress.run_id == "run-1"
     assert "no usable checkpoint" in caplog.text
+
+
+def test_checkpoint_names_sort_in_training_order() -> None:
+    """`resume` walks the states newest first by name: one inside epoch 2 comes between the
+    ends of epochs 1 and 2."""
+    names = [
+        train.checkpoint_name(train.Progress(epochs_done=done, epoch_steps=batches, steps=steps))
+        for done, batches, steps in ((1, 0, 40), (1, 5, 45), (1, 20, 60), (2, 0, 80), (9, 1, 361))
+    ]
+    assert names[1:3] == ["epoch-0002-step-00000045", "epoch-0002-step-00000060"]
+    assert sorted(f"{n}.json" for n in names) == [f"{n}.json" for n in names]
+
+
+def test_the_val_subset_is_fixed_and_spread_over_the_split(project: Path, shards: Path) -> None:
+    """train.validation_steps takes its windows at a wider stride, from more of the split's
+    (hash-shuffled) chunks, and there are enough of them for every batch; the whole split is
+    read at the manifest's stride."""
+    from pipelines.dataset import windows
+
+    manifest = json.loads((shards / "manifest.json").read_text())
+    total = manifest["splits"]["val"]["windows"]
+    cfg = config.load(project, ["train.batch_size=16", "train.validation_steps=2"])
+    assert train.val_stride(cfg, manifest) == manifest["stride"] * (total // 32) > 1
+    whole = config.load(project, ["train.batch_size=16"])
+    assert train.val_stride(whole, manifest) == manifest["stride"]
+    subset = windows(shards, "val", manifest, stride=train.val_stride(cfg, manifest))
+    assert sum(1 for _ in subset) >= 32
+    shutil.copytree(shards, project / "data" / "shards")
+    first, again = (
+        [b[0]["pitch"].numpy() for b in train.val_windows(cfg, manifest)] for _ in range(2)
+    )
+    assert len(first) == 2 and all(len(batch) == 16 for batch in first)
+    for batch, same in zip(first, again, strict=True):
+        np.testing.assert_array_equal(batch, same)
 
 
 def test_a_loss_that_is_not_finite_stops_training_in_one_line(project: Path) -> None:
