@@ -5,7 +5,7 @@ then reads GZIP shards as training does: windows of 65 notes, stride 1, shuffled
 Prints windows/s for the training read and for plain variants, shard-writing notes/s, bytes on
 disk per note, and (when pipelines/model.py exists) the ratio to the default model's windows/s.
 
-    .venv/bin/python benchmarks/input_pipeline.py [--notes 2000000] [--seconds 10]
+    .venv/bin/python benchmarks/input_pipeline.py [--notes 2000000] [--seconds 10] [--shard-mb 64]
 """
 
 from __future__ import annotations
@@ -114,10 +114,17 @@ def prepare(total_notes: int) -> Path:
     return project
 
 
-def write_shards(project: Path) -> tuple[dict[str, Any], float]:
+def write_shards(project: Path, shard_mb: float) -> tuple[dict[str, Any], float]:
     from pipelines import config, sequences
 
-    cfg = config.load(project, [f"sequences.seq_length={SEQ_LENGTH}", "sequences.min_notes=65"])
+    cfg = config.load(
+        project,
+        [
+            f"sequences.seq_length={SEQ_LENGTH}",
+            "sequences.min_notes=65",
+            f"sequences.shard_mb={shard_mb}",
+        ],
+    )
     started = time.perf_counter()
     sequences.run(cfg)
     return sequences_manifest(project), time.perf_counter() - started
@@ -175,10 +182,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--notes", type=int, default=2_000_000, help="notes in the synthetic table")
     parser.add_argument("--seconds", type=float, default=8.0, help="seconds per read measurement")
+    parser.add_argument(
+        "--shard-mb", type=float, default=64.0, help="sequences.shard_mb (small: many shards)"
+    )
     args = parser.parse_args()
 
     project = prepare(args.notes)
-    manifest, write_s = write_shards(project)
+    manifest, write_s = write_shards(project, args.shard_mb)
     shard_dir = project / "data" / "shards"
     splits = manifest["splits"]
     notes = sum(s["notes"] for s in splits.values())

@@ -225,11 +225,12 @@ def build_regression(train: Train) -> keras.Model:
 
 def reseed_dropout(model: keras.Model, seed: int, epoch: int) -> None:
     """Set every dropout mask stream to a state given by (seed, epoch, layer), so an epoch
-    draws the same masks whether the run went on unbroken or resumed from a checkpoint."""
+    draws the same masks whether the run went on unbroken or resumed from a checkpoint. The
+    stream counts up one a step from epoch << 32, so no two epochs share a step's masks."""
     for index, layer in enumerate(model.layers):
         generator = getattr(layer, "seed_generator", None)
         if generator is not None:
-            state = [seed * 1009 + index, epoch]
+            state = [seed * 1009 + index, epoch << 32]
             generator.state.assign(np.asarray(state, dtype=generator.state.dtype))
 
 
