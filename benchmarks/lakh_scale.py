@@ -456,6 +456,7 @@ def stage_figures(stage: str, project: Path, n: int, seconds: float) -> dict[str
             quarantined_by_error=stats.get("quarantined_by_error", {}),
             notes=stats.get("notes", 0),
             notes_per_s=stats.get("notes", 0) / seconds,
+            notes_per_file=stats.get("notes", 0) / max(stats.get("files", {}).get("ok", 0), 1),
         )
     elif stage == "sequences":
         manifest = read_json(data / "shards" / "manifest.json")
@@ -604,28 +605,31 @@ def fit(points: list[tuple[int, float]]) -> tuple[float, float] | None:
     return y1 - per * n1, per
 
 
-# A figure that grows by less than this share between the two sizes is taken as flat: at small
-# sizes the line would multiply noise by 178,561 / N. Time is judged by its CPU seconds, which the
-# other load on a shared machine moves less than wall seconds.
-FLAT = 0.10
+# Growth between the two sizes below these is taken as none (flat): at small sizes a line would
+# multiply the noise by 178,561 / N. Time is judged by its CPU seconds, which the other load on a
+# shared machine moves less than wall seconds; memory by a share and a floor of MB.
+FLAT_TIME = 0.15
+FLAT_RSS = (0.03, 20.0)
 
 
-def project_to(
-    points: list[tuple[int, float]], n: int, judge: list[tuple[int, float]] | None = None
-) -> tuple[float, str]:
-    """The figure at n files, and how it was found: a line through the two sizes, or flat where
-    `judge` (default: the points themselves) grew by less than FLAT."""
+def project_to(points: list[tuple[int, float]], n: int, flat: bool) -> tuple[float, str]:
+    """The figure at n files, and how it was found: a line through the two sizes, or the
+    larger figure where `flat`."""
     line = fit(points)
     if line is None:
         return float("nan"), "one size: no projection"
     fixed, per = line
     (_, y1), (n2, y2) = points[0], points[-1]
-    (_, j1), (_, j2) = (judge or points)[0], (judge or points)[-1]
-    if j2 - j1 <= FLAT * max(j1, 1e-9) or per <= 0:
+    if flat or per <= 0:
         return max(y1, y2), "flat"
     if fixed < 0:  # noise: a line through the origin and the larger size instead
         return y2 / n2 * n, f"proportional: {y2 / n2:.4g} x N"
     return fixed + per * n, f"{fixed:.4g} + {per:.4g} x N"
+
+
+def grew(points: list[tuple[int, float]], share: float, floor: float = 0.0) -> bool:
+    (_, y1), (_, y2) = points[0], points[-1]
+    return y2 - y1 > max(share * y1, floor)
 
 
 def human_s(s: float) -> str:
@@ -657,7 +661,9 @@ def throughput(m: Measured) -> str:
     return f"{f['files_per_s']:.0f} files/s"
 
 
-def table(results: dict[int, dict[str, Measured]], stages: list[str]) -> tuple[str, list[dict]]:
+def table(
+    results: dict[int, dict[str, Measured]], stages: list[str]
+) -> tuple[str, list[dict], list[str]]:
     sizes = sorted(results)
     head = "/".join(f"{n:,}" for n in sizes)
     lines = [
@@ -668,19 +674,23 @@ def table(results: dict[int, dict[str, Measured]], stages: list[str]) -> tuple[s
         "|---|---|---|---|---|---|---|---|---|",
     ]
     rows = []
+    fits: list[str] = []
     totals = {"time": 0.0, "disk": 0.0}
     for stage in stages:
         ms = [results[n][stage] for n in sizes if stage in results[n]]
         if not ms:
             continue
         cpu = [(m.files, m.cpu_s) for m in ms]
-        t, t_how = project_to([(m.files, m.seconds) for m in ms], LAKH_FILES, cpu)
-        d, d_how = project_to([(m.files, m.out_mb + m.work_mb) for m in ms], LAKH_FILES)
+        t, t_how = project_to(
+            [(m.files, m.seconds) for m in ms], LAKH_FILES, not grew(cpu, FLAT_TIME)
+        )
+        disk = [(m.files, m.out_mb + m.work_mb) for m in ms]
+        d, d_how = project_to(disk, LAKH_FILES, not grew(disk, FLAT_TIME, 1.0))
         rss_points = [(m.files, m.peak_rss_mb) for m in ms]
-        rss, rss_how = project_to(rss_points, LAKH_FILES)
-        grows = rss_how != "flat"
+        rss, rss_how = project_to(rss_points, LAKH_FILES, not grew(rss_points, *FLAT_RSS))
+        grows = len(ms) > 1 and rss_how != "flat"
         rss_text = "flat" if rss_how == "flat" else "-"
-        if grows and len(ms) > 1:
+        if grows:
             slope = (ms[-1].peak_rss_mb - ms[0].peak_rss_mb) / (ms[-1].files - ms[0].files)
             rss_text = f"grows {slope * 1e3:.0f} MB/1k files: {human_mb(rss)} if linear"
         totals["time"] += t
@@ -701,6 +711,12 @@ def table(results: dict[int, dict[str, Measured]], stages: list[str]) -> tuple[s
             "rss_at_lakh_mb": rss if grows else max(m.peak_rss_mb for m in ms),
             "rss_fit": rss_how, "rss_grows": grows,
         })  # fmt: skip
+        peak = [(m.files, m.peak_disk_mb) for m in ms]
+        peak_mb, p_how = project_to(peak, LAKH_FILES, not grew(peak, FLAT_TIME, 1.0))
+        fits.append(
+            f"{stage}: time s {t_how}; disk MB {d_how}; peak disk MB {p_how} "
+            f"({human_mb(peak_mb)} at {LAKH_FILES:,}); RSS MB {rss_how}"
+        )
     walls = " / ".join(
         f"{sum(results[n][s].seconds for s in stages if s in results[n]):.0f} s" for n in sizes
     )
@@ -708,7 +724,7 @@ def table(results: dict[int, dict[str, Measured]], stages: list[str]) -> tuple[s
         f"| **total** | {walls} | | | | | **{human_s(totals['time'])}** | "
         f"**{human_mb(totals['disk'])}** | |"
     )
-    return "\n".join(lines), rows
+    return "\n".join(lines), rows, fits
 
 
 def print_checks(
@@ -737,15 +753,17 @@ def print_checks(
                 f"  parse found: {f.get('ok', 0):,} ok, {f.get('empty', 0)} empty, "
                 f"{f.get('duplicate', 0)} duplicate (planted {c['exact']}), "
                 f"{f.get('quarantined', 0)} quarantined (planted corrupt {c['corrupt']}); by "
-                f"error: {parse.figures['quarantined_by_error']}"
+                f"error: {parse.figures['quarantined_by_error']}; "
+                f"{parse.figures['notes_per_file']:,.0f} notes per ok file"
             )
         seq = results[size].get("sequences")
         if seq is not None:
             g = seq.figures["grouping"]
             print(
                 f"  sequences' split grouping (manifest): {g.get('files')} files in "
-                f"{g.get('split_keys')} split keys (songs planted: {c['original']:,}, less those "
-                f"that did not parse), largest group {g.get('largest_split_group')}, "
+                f"{g.get('split_keys')} split keys (songs planted: {c['original']:,}; fewer keys: "
+                f"unrelated songs linked, more: versions missed), largest group "
+                f"{g.get('largest_split_group')}, "
                 f"{g.get('files_grouped_by_shared_runs')} files linked by shared runs of "
                 f"{g.get('shared_run')} notes; split_by {g.get('split_by')}"
             )
@@ -853,22 +871,27 @@ def main() -> None:
                 if stage == "sequences":
                     families[n] = family_check(project, truth)
                     groups[n] = measure_grouping(project, logs, env)
+            if not args.keep:  # the next size's disk figures need no room taken by this one
+                shutil.rmtree(project, ignore_errors=True)
     finally:
         if args.keep:
             print(f"scratch projects kept in {scratch}")
         else:
             shutil.rmtree(scratch, ignore_errors=True)
 
-    text, rows = table(results, shown)
+    text, rows, fits = table(results, shown)
     print_checks(truths, results, groups, families)
     print(f"\n{text}\n")
+    if len(sizes) > 1:
+        print("fits (N files; flat: no growth past the noise between the sizes):")
+        print("\n".join(f"  {line}" for line in fits))
     print(
         f"Measured on {os.cpu_count()} cores (load average {os.getloadavg()[0]:.1f} at the end) "
         f"in {human_s(time.perf_counter() - started)}; settings: "
         + "; ".join(f"{s}: {v}" for s, v in settings.items())
-        + ". Projection: time = fixed + per file x N through the two sizes (flat where it does "
-        "not grow); disk likewise; RSS is the sum over the process tree (a forked worker's "
-        "shared pages count once per worker)."
+        + ". Projection: time = fixed + per file x N through the two sizes (flat where its CPU "
+        f"time grew less than {FLAT_TIME:.0%}); disk likewise; RSS is the sum over the process "
+        "tree (a forked worker's shared pages count once per worker; PSS splits them)."
     )
     report = {
         "sizes": sizes,
