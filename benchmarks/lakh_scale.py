@@ -794,6 +794,15 @@ def print_checks(
             f"({gr['fingerprints_s'] * per:.2f} ms/file; {gr['fingerprints']:,} kept), pairing "
             f"{gr['pairing_s']:.2f} s ({gr['links']:,} links), keys {gr['keys_s']:.2f} s"
         )
+    probed = [(g["files"], g["peak_rss_mb"]) for _, g in sorted(groups.items()) if "error" not in g]
+    if len(probed) > 1 and probed[-1][0] > probed[0][0]:
+        (n1, m1), (n2, m2) = probed[0], probed[-1]
+        per = (m2 - m1) / (n2 - n1)
+        print(
+            f"  pass 1's memory (the probe: every file's fingerprints held until they are paired) "
+            f"grew {per * 1e3:.1f} MB per 1,000 files: {human_mb(m2 + per * (LAKH_FILES - n2))} "
+            f"at {LAKH_FILES:,} if linear"
+        )
 
 
 def main() -> None:
