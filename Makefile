@@ -10,7 +10,7 @@ export DO_NOT_TRACK := 1
 export TF_CPP_MIN_LOG_LEVEL := 2
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 
-.PHONY: setup demo test lint typecheck pytest bench lock clean
+.PHONY: setup demo test lint typecheck pytest bench rehearsal lock clean
 
 setup: $(STAMP)
 
@@ -42,6 +42,13 @@ test: lint typecheck pytest
 
 bench: setup
 	for b in benchmarks/*.py; do python $$b || exit 1; done
+
+# The whole chain on a Lakh-shaped archive of 20,000 files and of 10,000, projected to lmd_full's
+# 178,561 (benchmarks/lakh_scale.py; about an hour on 2 cores). Other sizes or a subset:
+# make rehearsal REHEARSAL="--files 2000 --stages parse,sequences"; a smoke test: REHEARSAL=--quick
+REHEARSAL ?=
+rehearsal: setup
+	python benchmarks/lakh_scale.py --run $(REHEARSAL)
 
 lock: setup
 	{ echo "# Full pin set for a reproducible install (pip freeze of a working environment, Python 3.11)."; \
