@@ -15,6 +15,7 @@ the framing of `tf.io.TFRecordWriter` (length, masked CRC32C of it, data, masked
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import itertools
 import struct
@@ -76,6 +77,16 @@ def _feature(kind: str, packed: bytes) -> bytes:
     return _field(0x12 if kind == "float" else 0x1A, _field(0x0A, packed) if packed else b"")
 
 
+@functools.cache
+def _entry_head(name: str, size: int) -> bytes:
+    """The bytes before a note feature's `size` packed bytes in its map entry (the same for
+    every chunk of that length: computed once)."""
+    kind = schema.CHUNK_NOTE_FEATURES[name]
+    if not size:  # an empty packed field is left out of the feature
+        return _entry(name, _feature(kind, b""))
+    return _entry(name, _feature(kind, b"\0" * size))[:-size]
+
+
 def _entry(name: str, feature: bytes) -> bytes:
     """A map entry of Features: its key, then its value."""
     return _field(0x0A, _KEYS[name] + _field(0x12, feature))
@@ -116,9 +127,9 @@ class ChunkEncoder:
             if name in self.notes:
                 values, raw = self.notes[name]
                 packed = values[lo:hi].tobytes() if raw else _varints(values[lo:hi])
-                parts.append(_entry(name, _feature(schema.CHUNK_NOTE_FEATURES[name], packed)))
+                parts += [_entry_head(name, len(packed)), packed]
             elif name == "offset":
-                parts.append(_entry(name, _feature("int64", _varints(np.array([lo])))))
+                parts.append(_entry(name, _feature("int64", _varint(lo))))
             else:
                 parts.append(self.context[name])
         return _field(0x0A, b"".join(parts))
