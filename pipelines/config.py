@@ -382,6 +382,10 @@ class Evaluate(Section):
     ngrams: list[int] = Field(default_factory=lambda: [2, 4, 8], min_length=1)
     copy_threshold: int = Field(16, ge=2)
     max_test_windows: int = Field(20_000, ge=1)
+    # the train (and val) chunks the bigram baselines and the parts' registers are counted on:
+    # the first in shard order, a fixed random sample, so evaluation time does not grow with
+    # the corpus (20,000 chunks: some ten million notes)
+    max_train_chunks: int = Field(20_000, ge=1)
     # every set compared (the model's pieces, the reference, the real and shuffled controls)
     # holds this many pieces: Yang & Lerch's figures move with the set size
     set_size: int = Field(32, ge=2, le=4096)

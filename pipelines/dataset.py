@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -50,26 +51,29 @@ def shard_paths(shard_dir: Path, split: str, manifest: dict[str, Any] | None = N
     return sorted(shard_dir.glob(f"{split}-*-of-*.tfrecord.gz"))
 
 
-def chunks(shard_dir: Path, split: str) -> Iterator[dict[str, Any]]:
-    """Every chunk of a split, in shard order: note arrays (pitch, step, duration, velocity,
-    part) plus program, file_id, group, track (-1: a merged score), offset."""
+def chunks(shard_dir: Path, split: str, limit: int | None = None) -> Iterator[dict[str, Any]]:
+    """The chunks of a split in shard order (every one, or the first `limit`: a fixed random
+    sample, as each split's chunks lie in shuffled order): note arrays (pitch, step, duration,
+    velocity, part) plus program, file_id, group, track (-1: a merged score), offset."""
     from tensorflow.core.example import example_pb2
 
-    for path in shard_paths(shard_dir, split):
-        for record in tf.data.TFRecordDataset(str(path), compression_type="GZIP"):
-            feature = example_pb2.Example.FromString(record.numpy()).features.feature
-            yield {
-                "part": np.asarray(feature["part"].int64_list.value, dtype=np.int32),
-                "group": feature["group"].bytes_list.value[0].decode(),
-                "pitch": np.asarray(feature["pitch"].int64_list.value, dtype=np.int32),
-                "step": np.asarray(feature["step"].float_list.value, dtype=np.float32),
-                "duration": np.asarray(feature["duration"].float_list.value, dtype=np.float32),
-                "velocity": np.asarray(feature["velocity"].int64_list.value, dtype=np.int32),
-                "program": int(feature["program"].int64_list.value[0]),
-                "file_id": feature["file_id"].bytes_list.value[0].decode(),
-                "track": int(feature["track"].int64_list.value[0]),
-                "offset": int(feature["offset"].int64_list.value[0]),
-            }
+    from pipelines.shards import read_tfrecords
+
+    records = (r for path in shard_paths(shard_dir, split) for r in read_tfrecords(path))
+    for record in itertools.islice(records, limit):
+        feature = example_pb2.Example.FromString(record).features.feature
+        yield {
+            "part": np.asarray(feature["part"].int64_list.value, dtype=np.int32),
+            "group": feature["group"].bytes_list.value[0].decode(),
+            "pitch": np.asarray(feature["pitch"].int64_list.value, dtype=np.int32),
+            "step": np.asarray(feature["step"].float_list.value, dtype=np.float32),
+            "duration": np.asarray(feature["duration"].float_list.value, dtype=np.float32),
+            "velocity": np.asarray(feature["velocity"].int64_list.value, dtype=np.int32),
+            "program": int(feature["program"].int64_list.value[0]),
+            "file_id": feature["file_id"].bytes_list.value[0].decode(),
+            "track": int(feature["track"].int64_list.value[0]),
+            "offset": int(feature["offset"].int64_list.value[0]),
+        }
 
 
 def _frame(block: dict[str, Any], window: int, stride: int) -> dict[str, tf.Tensor]:

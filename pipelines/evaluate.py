@@ -238,7 +238,8 @@ def chunk_overlap(manifest: Mapping[str, Any]) -> int:
 
 
 def fit_baselines(cfg: Config, manifest: Mapping[str, Any]) -> dict[str, bl.Baselines]:
-    """Unigram and bigram counts of each head over the train split's tracks; add-k from val."""
+    """Unigram and bigram counts of each head over the train split's tracks; add-k from val
+    (at most evaluate.max_train_chunks chunks of each, a fixed random sample)."""
     from pipelines.dataset import chunks
 
     fitted = {}
@@ -246,7 +247,7 @@ def fit_baselines(cfg: Config, manifest: Mapping[str, Any]) -> dict[str, bl.Base
     val = {h: bl.TokenCounts(n_classes(manifest, h)) for h in HEADS}
     overlap = chunk_overlap(manifest)
     for split, counts in (("train", train), ("val", val)):
-        for chunk in chunks(cfg.paths.shards, split):
+        for chunk in chunks(cfg.paths.shards, split, cfg.evaluate.max_train_chunks):
             tokens = tokens_of(chunk, manifest)
             seen = overlap if chunk["offset"] > 0 else 0  # counted with the chunk before
             for head in HEADS:
@@ -359,15 +360,16 @@ def split_tracks(cfg: Config, split: str) -> list[Track]:
 
 
 def train_part_ranges(cfg: Config, manifest: Mapping[str, Any]) -> mm.PartRanges:
-    """Each part's real register (mm.part_ranges) over the train split's notes, each counted
-    once. The notes are tallied chunk by chunk as (part, pitch) counts, so the split is never
-    held whole; each part's notes are rebuilt from its counts (the same multiset, so the same
-    quantiles) one part at a time."""
+    """Each part's real register (mm.part_ranges) over the train split's notes (at most
+    evaluate.max_train_chunks chunks, a fixed random sample), each counted once. The notes are
+    tallied chunk by chunk as (part, pitch) counts, so the split is never held whole; each
+    part's notes are rebuilt from its counts (the same multiset, so the same quantiles) one
+    part at a time."""
     from pipelines.dataset import chunks
 
     counts = np.zeros((0, PITCHES), dtype=np.int64)
     overlap = chunk_overlap(manifest)
-    for chunk in chunks(cfg.paths.shards, "train"):
+    for chunk in chunks(cfg.paths.shards, "train", cfg.evaluate.max_train_chunks):
         seen = overlap if chunk["offset"] > 0 else 0  # counted with the chunk before
         pitch = np.asarray(chunk["pitch"][seen:], dtype=np.int64)
         part = np.asarray(chunk["part"][seen:], dtype=np.int64)

@@ -19,7 +19,7 @@ import functools
 import hashlib
 import itertools
 import struct
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -198,6 +198,23 @@ def write_tfrecords(path: Path, records: Iterable[bytes]) -> int:
                 block, size = [], 0
         out.write(b"".join(block))
     return count
+
+
+def read_tfrecords(path: Path) -> Iterator[bytes]:
+    """The records of a GZIP TFRecord file, their CRCs checked: what tf.data.TFRecordDataset
+    gives, at a fraction of its cost per record when read one by one in Python."""
+    from isal import igzip
+
+    with igzip.open(path, "rb") as f:
+        while head := f.read(12):
+            if len(head) < 12 or _CRC.unpack_from(head, 8)[0] != _masked_crc(head[:8]):
+                raise ValueError(f"{path}: a damaged record header")
+            (size,) = _LEN.unpack_from(head)
+            record = f.read(size)
+            tail = f.read(4)
+            if len(record) < size or len(tail) < 4 or _CRC.unpack(tail)[0] != _masked_crc(record):
+                raise ValueError(f"{path}: a damaged record")
+            yield record
 
 
 def compression_ratio(sample: Sequence[bytes]) -> float:

@@ -67,6 +67,14 @@ def test_tfrecords_read_back_with_tensorflow_and_their_bytes_follow_the_records(
     assert (tmp_path / "a.gz").read_bytes() == (tmp_path / "b.gz").read_bytes()
     read = tf.data.TFRecordDataset(str(tmp_path / "a.gz"), compression_type="GZIP")
     assert [r.numpy() for r in read] == records
+    assert list(shards.read_tfrecords(tmp_path / "a.gz")) == records  # without TensorFlow
+    import gzip
+
+    framed = bytearray(gzip.decompress((tmp_path / "a.gz").read_bytes()))
+    framed[len(framed) // 2] ^= 0xFF  # one flipped byte in the middle: a CRC fails
+    (tmp_path / "bad.gz").write_bytes(gzip.compress(bytes(framed)))
+    with pytest.raises(ValueError, match="damaged"):
+        list(shards.read_tfrecords(tmp_path / "bad.gz"))
     assert shards.write_tfrecords(tmp_path / "none.gz", []) == 0
     assert list(tf.data.TFRecordDataset(str(tmp_path / "none.gz"), compression_type="GZIP")) == []
 
