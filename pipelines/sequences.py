@@ -633,22 +633,25 @@ def survey_parts(pools: Pools, units: list[list[Path]], ok: set[str], folder: Pa
 
 def pair_files(survey: Survey, file_ids: list[str]) -> list[tuple[str, str]]:
     """splits.shared_run_pairs from the parts' fingerprint files, one slice of the fingerprint
-    range at a time: memory for a slice of them, not all."""
+    range at a time, each copied out of its file and the file let go: memory (mapped pages
+    included) for a slice of them, not all."""
     index = {f: i for i, f in enumerate(file_ids)}
     parts = []
     for path, files in zip(survey.paths, survey.part_files, strict=True):
-        _, arrays = storage.read_arrays(path)
+        hashes = storage.read_arrays(path)[1]["hashes"]
         places = np.array([index.get(f, -1) for f in files] or [0], dtype=np.int64)
-        cuts = np.r_[0, np.searchsorted(arrays["hashes"], slice_bounds()), len(arrays["hashes"])]
-        parts.append((arrays["hashes"], arrays["owners"], places, cuts))
+        parts.append((path, places, np.r_[0, np.searchsorted(hashes, slice_bounds()), len(hashes)]))
+        del hashes
     found = []
     for s in range(PAIRING_SLICES):
         hashes, owners = [np.empty(0, np.uint64)], [np.empty(0, np.int64)]
-        for h, o, places, cuts in parts:
-            mine = places[o[cuts[s] : cuts[s + 1]]]
+        for path, places, cuts in parts:
+            arrays = storage.read_arrays(path)[1]
+            mine = places[np.array(arrays["owners"][cuts[s] : cuts[s + 1]])]
             ok = mine >= 0
-            hashes.append(np.asarray(h[cuts[s] : cuts[s + 1]])[ok])
+            hashes.append(np.array(arrays["hashes"][cuts[s] : cuts[s + 1]])[ok])
             owners.append(mine[ok])
+            del arrays
         found.append(slice_pairs(np.concatenate(hashes), np.concatenate(owners)))
     return pairs_of(found, file_ids)
 
