@@ -451,8 +451,6 @@ class LocalPool:
 class DaskPool:
     """Batches to a Dask cluster; each Dask worker thread drives its own worker process."""
 
-    remote = True
-
     def __init__(self, address: str, settings: WorkerSettings) -> None:
         from distributed import Client
 
