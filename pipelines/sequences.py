@@ -60,6 +60,7 @@ from pipelines.shards import (
 )
 from pipelines.splits import (
     PAIRING_SLICES,
+    SLICE_FINGERPRINTS,
     FileSurvey,
     content_hash,
     pairs_of,
@@ -636,14 +637,17 @@ def pair_files(survey: Survey, file_ids: list[str]) -> list[tuple[str, str]]:
     range at a time, each copied out of its file and the file let go: memory (mapped pages
     included) for a slice of them, not all."""
     index = {f: i for i, f in enumerate(file_ids)}
+    total = sum(len(storage.read_arrays(path)[1]["hashes"]) for path in survey.paths)
+    slices = max(PAIRING_SLICES, -(-total // SLICE_FINGERPRINTS))
+    bounds = slice_bounds(slices)
     parts = []
     for path, files in zip(survey.paths, survey.part_files, strict=True):
         hashes = storage.read_arrays(path)[1]["hashes"]
         places = np.array([index.get(f, -1) for f in files] or [0], dtype=np.int64)
-        parts.append((path, places, np.r_[0, np.searchsorted(hashes, slice_bounds()), len(hashes)]))
+        parts.append((path, places, np.r_[0, np.searchsorted(hashes, bounds), len(hashes)]))
         del hashes
     found = []
-    for s in range(PAIRING_SLICES):
+    for s in range(slices):
         hashes, owners = [np.empty(0, np.uint64)], [np.empty(0, np.int64)]
         for path, places, cuts in parts:
             arrays = storage.read_arrays(path)[1]

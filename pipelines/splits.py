@@ -39,11 +39,11 @@ KGRAM = 16  # at most 16: kgram_hashes packs a k-gram into 16 bytes
 # low_information for what the chorales showed.
 MIN_DISTINCT_INTERVALS = 3  # low_information tests it as: all are the min or the max
 MAX_FIGURE = 4
-# shared_run_pairs sorts the fingerprints 2**PAIRING_SLICE_BITS slices at a time: on Lakh
-# (an estimated 1e8 fingerprints, 28 bytes each while sorted) a slice's sort holds some 200 MB
-# instead of 3 GB.
-PAIRING_SLICE_BITS = 4
-PAIRING_SLICES = 1 << PAIRING_SLICE_BITS
+# shared_run_pairs sorts the fingerprints PAIRING_SLICES slices of their range at a time (the
+# sequences stage takes more slices for more fingerprints: at most SLICE_FINGERPRINTS a slice,
+# some 30 MB while sorted), so pairing all of Lakh's never holds them all.
+PAIRING_SLICES = 16
+SLICE_FINGERPRINTS = 1 << 19
 NO_FINGERPRINT = np.uint64(np.iinfo(np.uint64).max)  # the hash a skipped k-gram gets
 
 
@@ -250,9 +250,10 @@ def shared_run_pairs(file_ids: list[str], survey: dict[str, FileSurvey]) -> list
     return pairs_of(found, file_ids)
 
 
-def slice_bounds() -> np.ndarray:
-    """Where the fingerprint range's PAIRING_SLICES slices meet (PAIRING_SLICES - 1 bounds)."""
-    return np.arange(1, PAIRING_SLICES, dtype=np.uint64) << np.uint64(64 - PAIRING_SLICE_BITS)
+def slice_bounds(slices: int = PAIRING_SLICES) -> np.ndarray:
+    """Where `slices` equal slices of the fingerprint range meet (slices - 1 bounds). Equal
+    fingerprints always share a slice, so the pairs do not depend on how many there are."""
+    return np.array([i * (1 << 64) // slices for i in range(1, slices)], dtype=np.uint64)
 
 
 def slice_pairs(hashes: np.ndarray, owners: np.ndarray) -> np.ndarray:

@@ -331,3 +331,26 @@ def test_fingerprints_set_aside_only_the_winners_that_say_too_little() -> None:
         assert np.array_equal(kept, want)
         found += len(kept)
     assert found > 1000
+
+
+def test_pairs_do_not_depend_on_how_many_slices_the_range_is_cut_in() -> None:
+    """The sequences stage cuts the fingerprint range in more slices for more fingerprints
+    (bounded memory): equal fingerprints share a slice, so the links are the same."""
+    rng = np.random.default_rng(2)
+    shared = rng.integers(0, 2**63, 40, dtype=np.int64).astype(np.uint64) * np.uint64(2)
+    runs = [
+        np.unique(np.r_[rng.integers(0, 2**63, 300).astype(np.uint64), rng.choice(shared, 3)])
+        for _ in range(30)
+    ]
+    found = {}
+    for slices in (splits.PAIRING_SLICES, 97):
+        bounds = np.r_[np.uint64(0), splits.slice_bounds(slices)]
+        pairs = []
+        for lo, hi in zip(bounds, [*bounds[1:], None], strict=True):
+            keep = [(r >= lo) & (r < hi) if hi is not None else r >= lo for r in runs]
+            hashes = np.concatenate([r[k] for r, k in zip(runs, keep, strict=True)])
+            owners = np.repeat(np.arange(len(runs)), [int(k.sum()) for k in keep])
+            pairs.append(splits.slice_pairs(hashes, owners))
+        found[slices] = splits.pairs_of(pairs, [f"f{i:02d}" for i in range(len(runs))])
+    assert found[splits.PAIRING_SLICES] == found[97] and len(found[97]) > 10
+    assert splits.slice_bounds(16).tolist() == [i << 60 for i in range(1, 16)]
