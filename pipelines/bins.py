@@ -48,6 +48,11 @@ class Histogram:
         np.add.at(self.counts, cells, counts)
         np.add.at(self.sums, cells, distinct * counts)
 
+    def merge(self, other: Histogram) -> None:
+        """Add another histogram's counts and sums (of the same boundaries)."""
+        self.counts += other.counts
+        self.sums += other.sums
+
     def equal_mass_cuts(self, classes: int, first_cell: int = 0) -> list[int]:
         """Cells after which a class ends: each class takes an equal share of the mass still left,
         so a value that alone outweighs a share (0.5 beat) gets its own class and no class is empty.

@@ -803,14 +803,16 @@ def run_settings(environ: Mapping[str, str]) -> list[str]:
     LAKHFLOW_PARSE_SCHEDULER (parse only) and LAKHFLOW_PARSE_WORKERS stand for (an -S override
     still wins)."""
     settings = []
-    if address := environ.get(SCHEDULER_ENV, "").strip():
-        for section in ("parse", "sequences"):
-            settings += [
-                f"{section}.executor=dask",
-                f"{section}.scheduler_address={to_yaml_scalar(address)}",
-            ]
-    if address := environ.get(PARSE_SCHEDULER_ENV, "").strip():
-        settings += ["parse.executor=dask", f"parse.scheduler_address={to_yaml_scalar(address)}"]
+    for name, sections in (
+        (SCHEDULER_ENV, ("parse", "sequences")),
+        (PARSE_SCHEDULER_ENV, ("parse",)),
+    ):
+        if address := environ.get(name, "").strip():
+            for section in sections:
+                settings += [
+                    f"{section}.executor=dask",
+                    f"{section}.scheduler_address={to_yaml_scalar(address)}",
+                ]
     if workers := environ.get(PARSE_WORKERS_ENV, "").strip():
         if not workers.isdigit():
             raise ParamsError(f"{PARSE_WORKERS_ENV}={workers!r} is not a number of workers")

@@ -335,10 +335,9 @@ class Tally:
     def merge(self, other: Tally) -> None:
         for name, totals in other.totals.items():
             self.totals[name].merge(totals)
-        for mine, theirs in ((self.step, other.step), (self.duration, other.duration),
-                             (self.velocity, other.velocity)):  # fmt: skip
-            mine.counts += theirs.counts
-            mine.sums += theirs.sums
+        self.step.merge(other.step)
+        self.duration.merge(other.duration)
+        self.velocity.merge(other.velocity)
         self.tempo.update(other.tempo)
         self.programs.update(other.programs)
         for part, by_program in other.parts.items():
@@ -838,10 +837,12 @@ def write_split_shards(
         for split in schema.SPLIT_NAMES
     }
     sample: list[bytes] = []
+    left = SAMPLE_BYTES
     for reader in readers:  # the first train chunks, by key, of the first units
-        if sum(map(len, sample)) >= SAMPLE_BYTES:
+        if left <= 0:
             break
-        sample += reader.sample("train", SAMPLE_BYTES - sum(map(len, sample)))
+        sample += reader.sample("train", left)
+        left = SAMPLE_BYTES - sum(map(len, sample))
     ratio = compression_ratio(sample)
     del readers, sample
     plan = [

@@ -277,7 +277,8 @@ class Runs:
 
 
 def shard_ranges(n: int) -> list[tuple[int, int]]:
-    """n equal ranges of the 64-bit key space, in order."""
+    """n equal ranges of the 64-bit key space, in order (also the fingerprint slices of
+    splits.slice_bounds)."""
     edges = [i * KEY_SPACE // n for i in range(n + 1)]
     return list(itertools.pairwise(edges))
 

@@ -26,6 +26,7 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from pipelines import schema
+from pipelines.shards import shard_ranges
 from pipelines.streams import Notes
 
 TUNE_INTERVALS = 16  # the opening of the highest voice that names a tune
@@ -253,7 +254,7 @@ def shared_run_pairs(file_ids: list[str], survey: dict[str, FileSurvey]) -> list
 def slice_bounds(slices: int = PAIRING_SLICES) -> np.ndarray:
     """Where `slices` equal slices of the fingerprint range meet (slices - 1 bounds). Equal
     fingerprints always share a slice, so the pairs do not depend on how many there are."""
-    return np.array([i * (1 << 64) // slices for i in range(1, slices)], dtype=np.uint64)
+    return np.array([lo for lo, _ in shard_ranges(slices)[1:]], dtype=np.uint64)
 
 
 def slice_pairs(hashes: np.ndarray, owners: np.ndarray) -> np.ndarray:
